@@ -1,0 +1,19 @@
+"""fewshot_l2l: few-shot learning with a learned optimizer (Ravi & Larochelle 2017).
+
+The pieces, one module per concept: :mod:`.meta_learner` (the coordinatewise
+Meta-LSTM), :mod:`.learner` (the functional CNN), :mod:`.adaptation` (one
+episode end to end), :mod:`.episodes` (splits and the episode sampler),
+:mod:`.training` and :mod:`.evaluation`.
+"""
+
+from .adaptation import adapt, default_inner_steps, run_episodes
+from .episodes import Episode, EpisodeSampler, FewShotSplit
+from .evaluation import EvalResult, evaluate, mean_ci95
+from .learner import ConvLearner, LearnerConfig
+from .meta_learner import MetaLearner, MetaLSTMState
+from .preprocess import preprocess
+
+__all__ = [
+    "ConvLearner", "Episode", "EpisodeSampler", "EvalResult", "FewShotSplit", "LearnerConfig", "MetaLSTMState",
+    "MetaLearner", "adapt", "default_inner_steps", "evaluate", "mean_ci95", "preprocess", "run_episodes",
+]

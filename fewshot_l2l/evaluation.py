@@ -1,0 +1,81 @@
+"""Few-shot evaluation: mean accuracy and 95% confidence interval over seeded test episodes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .adaptation import run_episodes
+from .episodes import EpisodeSampler, FewShotSplit
+from .learner import ConvLearner
+from .meta_learner import MetaLearner
+from .utils import tune_cpu_allocator
+
+
+@dataclass
+class EvalResult:
+    """Accuracy (a fraction in [0, 1]) with its 95% confidence half-width."""
+
+    accuracy: float
+    ci95: float
+    n_episodes: int
+    accuracies: list[float]
+
+    def __str__(self) -> str:
+        return f"{100 * self.accuracy:.2f}% +- {100 * self.ci95:.2f}% (95% CI, {self.n_episodes} episodes)"
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and ``1.96 * std / sqrt(n)`` with the sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci95: no values")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, 1.96 * std / math.sqrt(n)
+
+
+def evaluate(
+    meta_learner: MetaLearner,
+    learner: ConvLearner,
+    split: FewShotSplit,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    inner_steps: int,
+    n_episodes: int = 600,
+    seed: int = 0,
+    batch_size: int = 8,
+    inner_batch_size: int | None = None,
+    query_bn: str = "batch",
+    progress: bool = True,
+) -> EvalResult:
+    """Accuracy over ``n_episodes`` episodes of ``split`` drawn from ``seed`` (same seed, same episodes).
+
+    Runs without building a meta-gradient graph (only the learner's own
+    gradients are computed), ``batch_size`` episodes at a time.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"evaluate: n_episodes must be >= 1, got {n_episodes}")
+    tune_cpu_allocator()
+    sampler = EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    accuracies: list[float] = []
+    bar = tqdm(total=n_episodes, desc=f"eval {split.name}", unit="ep", disable=not progress, leave=False)
+    with torch.no_grad():
+        while len(accuracies) < n_episodes:
+            episode = sampler.sample(min(batch_size, n_episodes - len(accuracies)))
+            result = run_episodes(
+                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator
+            )
+            accuracies.extend(result.accuracy.tolist())
+            bar.update(episode.n_episodes)
+            bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}")
+    bar.close()
+    mean, ci95 = mean_ci95(accuracies)
+    return EvalResult(mean, ci95, n_episodes, accuracies)

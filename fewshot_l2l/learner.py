@@ -1,0 +1,151 @@
+"""The 4-block CNN learner of Ravi & Larochelle, run functionally from a flat parameter vector.
+
+Each block: 3x3 convolution (padding 1, ``hidden_channels`` filters) -> batch norm
+-> ReLU -> 2x2 max-pool; then a linear head to ``n_way`` logits. The meta-learner
+owns the parameters as one flat vector ``theta`` (its cell state), so the
+learner never holds weights of its own: :meth:`ConvLearner.forward` slices views
+out of ``theta`` and calls ``torch.nn.functional``.
+
+Design choices (each documented because it changes results):
+
+* Convolutions have no bias: batch norm subtracts the batch mean right after,
+  so a conv bias would get an exactly-zero gradient and waste meta-learner
+  coordinates.
+* Batch-norm ``gamma``/``beta`` are part of ``theta`` and are updated by the
+  meta-learner. There are no running statistics: inside an episode batch norm
+  always normalizes with batch statistics.
+* ``query_bn="batch"`` (default, as in the authors' released code) normalizes the
+  query set with its own statistics, which is transductive: query images
+  influence each other's predictions. ``query_bn="support"`` normalizes the
+  query set with the statistics of the support set under the final parameters,
+  so each query image is classified independently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+QUERY_BN_MODES = ("batch", "support")
+BN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Everything needed to rebuild a learner (stored in checkpoints)."""
+
+    in_channels: int
+    image_size: int
+    n_way: int
+    hidden_channels: int = 32
+    n_blocks: int = 4
+
+
+class ConvLearner:
+    """Functional 4-block CNN; see the module docstring.
+
+    Args:
+        config: shape of the images and of the classifier.
+    """
+
+    def __init__(self, config: LearnerConfig) -> None:
+        for name in ("in_channels", "image_size", "n_way", "hidden_channels", "n_blocks"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"ConvLearner: {name} must be >= 1, got {getattr(config, name)}")
+        side = config.image_size
+        for _ in range(config.n_blocks):
+            side //= 2
+        if side < 1:
+            raise ValueError(
+                f"ConvLearner: image_size={config.image_size} is too small for {config.n_blocks} "
+                f"blocks of 2x2 max-pooling (needs at least {2 ** config.n_blocks})"
+            )
+        self.config = config
+        self.feature_dim = config.hidden_channels * side * side
+        shapes: list[tuple[str, tuple[int, ...]]] = []
+        channels = config.in_channels
+        for block in range(config.n_blocks):
+            shapes.append((f"conv{block}.weight", (config.hidden_channels, channels, 3, 3)))
+            shapes.append((f"bn{block}.weight", (config.hidden_channels,)))
+            shapes.append((f"bn{block}.bias", (config.hidden_channels,)))
+            channels = config.hidden_channels
+        shapes.append(("head.weight", (config.n_way, self.feature_dim)))
+        shapes.append(("head.bias", (config.n_way,)))
+        self.param_shapes = shapes
+        self.param_sizes = [math.prod(shape) for _, shape in shapes]
+        self.n_params = sum(self.param_sizes)
+
+    def state(self) -> dict:
+        """Plain-dict config for checkpoints."""
+        return asdict(self.config)
+
+    def init_params(self, generator: torch.Generator | None = None) -> Tensor:
+        """A fresh flat parameter vector with PyTorch's default initialization
+        (conv/linear weights and the head bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+        BN ``gamma = 1``, ``beta = 0``), as the authors' code used."""
+        pieces = []
+        for name, shape in self.param_shapes:
+            if name.startswith("bn"):
+                fill = 1.0 if name.endswith("weight") else 0.0
+                pieces.append(torch.full(shape, fill).flatten())
+            else:
+                fan_in = self.feature_dim if name == "head.bias" else math.prod(shape[1:])
+                bound = 1.0 / math.sqrt(fan_in)
+                pieces.append(torch.empty(shape).uniform_(-bound, bound, generator=generator).flatten())
+        return torch.cat(pieces)
+
+    def unflatten(self, theta: Tensor) -> list[Tensor]:
+        """Views of ``theta`` ``[P]`` with the parameter shapes, in order."""
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"ConvLearner: theta must have shape [{self.n_params}], got {tuple(theta.shape)}")
+        return [piece.view(shape) for piece, (_, shape) in zip(torch.split(theta, self.param_sizes), self.param_shapes)]
+
+    def forward(
+        self,
+        theta: Tensor,
+        images: Tensor,
+        bn_stats: list[tuple[Tensor, Tensor]] | None = None,
+        return_stats: bool = False,
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Logits for ``images`` ``[N, C, H, W]`` under parameters ``theta`` ``[P]``.
+
+        Returns ``(logits, stats)``. With ``return_stats`` the per-block batch
+        (mean, biased var) are returned in ``stats`` (else it is empty). Pass
+        ``bn_stats`` to normalize with given statistics instead of the batch's own
+        (used for ``query_bn="support"``).
+        """
+        params = self.unflatten(theta)
+        x = images.contiguous(memory_format=torch.channels_last)
+        used_stats = []
+        for block in range(self.config.n_blocks):
+            weight, gamma, beta = params[3 * block : 3 * block + 3]
+            x = F.conv2d(x, weight, padding=1)
+            if bn_stats is None:
+                if return_stats:
+                    used_stats.append((x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)))
+                # F.batch_norm's fused kernel is several times faster than the
+                # same normalization written as tensor arithmetic.
+                x = F.batch_norm(x, None, None, gamma, beta, training=True, eps=BN_EPS)
+            else:
+                mean, var = bn_stats[block]
+                x = (x - mean[:, None, None]) * torch.rsqrt(var[:, None, None] + BN_EPS) * gamma[:, None, None] + beta[:, None, None]
+            x = F.max_pool2d(F.relu(x), 2)
+        logits = F.linear(x.flatten(1), params[-2], params[-1])
+        return logits, used_stats
+
+    def logits(self, theta: Tensor, images: Tensor) -> Tensor:
+        """Logits with batch statistics (the inner loop's forward)."""
+        return self.forward(theta, images)[0]
+
+    def query_logits(self, theta: Tensor, support: Tensor, query: Tensor, query_bn: str = "batch") -> Tensor:
+        """Logits of the query set under final parameters ``theta``; see ``query_bn`` in the module docstring."""
+        if query_bn == "batch":
+            return self.logits(theta, query)
+        if query_bn == "support":
+            _, stats = self.forward(theta, support, return_stats=True)
+            return self.forward(theta, query, bn_stats=stats)[0]
+        raise ValueError(f"query_bn must be one of {QUERY_BN_MODES}, got {query_bn!r}")

@@ -1,0 +1,76 @@
+"""Small shared helpers: devices, seeds, atomic file writes."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+
+    Raises a clear error when CUDA is asked for but not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators (CPU and CUDA)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> None:
+    """Make glibc keep freed memory for reuse instead of returning it to the OS.
+
+    The meta-learner allocates and frees tensors of tens of MB every inner step.
+    By default glibc serves those with fresh ``mmap`` calls, so each one pays for
+    page faults again: on our 2-core CI machine that made a loop of such
+    allocations 4.5x slower (16.5 s vs 3.7 s) and a third of evaluation time was
+    kernel time. Raising the mmap and trim thresholds fixes it. A no-op where
+    glibc is not the allocator; safe to call more than once.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+    libc.mallopt(m_top_pad, 1 << 28)

@@ -1,0 +1,146 @@
+"""End to end on tiny data: meta-training, checkpoints, resume, evaluation and the scripts."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fewshot_l2l.training as training
+from fewshot_l2l.adaptation import run_episodes
+from fewshot_l2l.episodes import EpisodeSampler
+from fewshot_l2l.evaluation import evaluate, mean_ci95
+from fewshot_l2l.training import TrainConfig, build_models, load_checkpoint, meta_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_data(monkeypatch, tiny_splits):
+    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0: tiny_splits)
+    return tiny_splits
+
+
+def tiny_config(tmp_path, **overrides):
+    values = dict(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=2, episodes=8, hidden_size=4,
+                  hidden_channels=4, val_every=4, val_episodes=4, device="cpu", out=str(tmp_path / "run"))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_mean_ci95_formula():
+    values = [0.2, 0.4, 0.9, 0.5]
+    mean = sum(values) / 4
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 3)
+    assert mean_ci95(values) == pytest.approx((mean, 1.96 * std / 2))
+    assert mean_ci95([0.7]) == (0.7, 0.0)
+    with pytest.raises(ValueError):
+        mean_ci95([])
+
+
+def test_default_inner_steps_follow_the_authors():
+    assert TrainConfig(k_shot=1).inner_steps == 12
+    assert TrainConfig(k_shot=5).inner_steps == 8
+    assert TrainConfig(k_shot=5, inner_steps=3).inner_steps == 3
+    with pytest.raises(ValueError, match="query_bn"):
+        TrainConfig(query_bn="running")
+    with pytest.raises(ValueError, match="meta_batch"):
+        TrainConfig(meta_batch=0)
+
+
+def test_meta_training_fits_a_fixed_meta_batch(tiny_splits):
+    """The meta-gradient is useful: repeated meta-updates on one meta-batch drive its query loss down."""
+    config = TrainConfig(n_way=3, k_shot=1, n_query=3, inner_steps=3, hidden_size=8, hidden_channels=8, lr=0.01)
+    meta_learner, learner = build_models(config, tiny_splits["train"].image_shape)
+    optimizer = torch.optim.Adam(meta_learner.parameters(), lr=config.lr)
+    episode = EpisodeSampler(tiny_splits["train"], 3, 1, 3, seed=0).sample(4)
+    losses = []
+    for _ in range(25):
+        result = run_episodes(meta_learner, learner, episode, config.inner_steps)
+        optimizer.zero_grad()
+        result.loss.backward()
+        optimizer.step()
+        losses.append(result.loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_meta_train_writes_checkpoints_and_metrics_and_resumes(tiny_data, tmp_path):
+    config = tiny_config(tmp_path)
+    summary = meta_train(config, progress=False)
+    run = Path(config.out)
+    assert {p.name for p in run.iterdir()} >= {"init.pt", "last.pt", "best.pt", "metrics.csv"}
+    assert not list(run.glob("*.tmp"))
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["episodes"]) for r in rows] == [4, 8]
+    assert 0 <= float(rows[-1]["val_acc"]) <= 1
+    assert summary["episodes"] == 8
+    assert summary["best_val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows), rel=1e-5)
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        meta_train(config, progress=False)
+
+    meta_learner, learner, loaded_config, checkpoint = load_checkpoint(run / "last.pt")
+    assert loaded_config.n_way == 3 and checkpoint["progress"]["state"]["update"] == 4
+    init, _, _, _ = load_checkpoint(run / "init.pt")
+    assert not torch.equal(init.theta_init, meta_learner.theta_init)  # training moved theta_0
+
+    longer = tiny_config(tmp_path, episodes=12, resume=True)
+    assert meta_train(longer, progress=False)["episodes"] == 12
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 3
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
+    straight = meta_train(tiny_config(tmp_path / "a", episodes=8), progress=False)
+    meta_train(tiny_config(tmp_path / "b", episodes=4), progress=False)
+    resumed = meta_train(tiny_config(tmp_path / "b", episodes=8, resume=True), progress=False)
+    a, _, _, _ = load_checkpoint(straight["last"])
+    b, _, _, _ = load_checkpoint(resumed["last"])
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
+def test_evaluation_is_reproducible_from_a_seed(tiny_splits):
+    config = TrainConfig(n_way=3, k_shot=1, n_query=2, inner_steps=2, hidden_size=4, hidden_channels=4)
+    meta_learner, learner = build_models(config, tiny_splits["test"].image_shape)
+    run = lambda seed: evaluate(meta_learner, learner, tiny_splits["test"], 3, 1, 2, 2, n_episodes=10, seed=seed,  # noqa: E731
+                                batch_size=4, progress=False)
+    first, again, other = run(0), run(0), run(1)
+    assert first.accuracies == again.accuracies and first.accuracies != other.accuracies
+    assert first.n_episodes == len(first.accuracies) == 10
+    assert (first.accuracy, first.ci95) == pytest.approx(mean_ci95(first.accuracies))
+    assert not any(p.grad is not None for p in meta_learner.parameters())
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"something": 1}, bad)
+    with pytest.raises(ValueError, match="bad.pt is not a fewshot_l2l checkpoint"):
+        load_checkpoint(bad)
+
+
+def run_script(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_and_evaluate_scripts_end_to_end(tmp_path):
+    out = tmp_path / "cli"
+    train = run_script("scripts/train.py", "--n-way", "3", "--k-shot", "1", "--n-query", "2", "--inner-steps", "2",
+                       "--meta-batch", "2", "--episodes", "4", "--hidden-channels", "4", "--val-every", "4",
+                       "--val-episodes", "2", "--device", "cpu", "--out", str(out))
+    assert train.returncode == 0, train.stderr
+    assert json.loads(train.stdout.strip().splitlines()[-1])["episodes"] == 4
+    result = run_script("scripts/evaluate.py", "--checkpoint", str(out / "best.pt"), "--episodes", "6", "--json",
+                        "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert line["n_episodes"] == 6 and 0 <= line["accuracy"] <= 1 and 0 <= line["ci95"] <= 1
+    missing = run_script("scripts/evaluate.py", "--checkpoint", str(out / "nope.pt"))
+    assert missing.returncode != 0 and "nope.pt does not exist" in missing.stderr
