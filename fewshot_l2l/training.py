@@ -46,6 +46,7 @@ class TrainConfig:
     inner_batch_size: int | None = None  # None: the whole support set every step
     meta_batch: int = 4
     episodes: int = 2000  # meta-training episodes in total (meta-updates x meta_batch)
+    max_minutes: float | None = None  # also stop (after a final validation) once this much training time has passed
     lr: float = 1e-3
     grad_clip: float = 0.25
     hidden_size: int = 20
@@ -67,6 +68,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.query_bn not in QUERY_BN_MODES:
             raise ValueError(f"TrainConfig: query_bn must be one of {QUERY_BN_MODES}, got {self.query_bn!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"TrainConfig: max_minutes must be positive, got {self.max_minutes}")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ValueError(f"TrainConfig: lr and grad_clip must be positive, got {self.lr} and {self.grad_clip}")
 
@@ -149,7 +152,8 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
     start = time.time() - state["elapsed_s"]
     bar = tqdm(total=n_updates, initial=state["update"], desc="meta-train", unit="update", disable=not progress)
-    while state["update"] < n_updates:
+    out_of_time = False
+    while state["update"] < n_updates and not out_of_time:
         episode = sampler.sample(config.meta_batch)
         result = run_episodes(
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
@@ -168,7 +172,8 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{interval_loss / interval_count:.3f}", acc=f"{interval_acc / interval_count:.3f}")
 
-        if state["update"] % val_every_updates == 0 or state["update"] == n_updates:
+        out_of_time = config.max_minutes is not None and time.time() - start >= 60 * config.max_minutes
+        if state["update"] % val_every_updates == 0 or state["update"] == n_updates or out_of_time:
             val = evaluate(
                 meta_learner, learner, val_split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
                 n_episodes=config.val_episodes, seed=config.seed + 1, batch_size=config.meta_batch,

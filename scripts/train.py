@@ -23,6 +23,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--inner-batch-size", type=int, default=None, help="support images per inner step (default: all)")
     parser.add_argument("--meta-batch", type=int, default=defaults.meta_batch, help="episodes per meta-update")
     parser.add_argument("--episodes", type=int, default=defaults.episodes, help="meta-training episodes in total")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop after this many minutes of meta-training (validates and checkpoints first)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate of the meta-learner")
     parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="global gradient-norm clip")
     parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="meta-learner LSTM units")

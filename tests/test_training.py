@@ -144,3 +144,10 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path):
     assert line["n_episodes"] == 6 and 0 <= line["accuracy"] <= 1 and 0 <= line["ci95"] <= 1
     missing = run_script("scripts/evaluate.py", "--checkpoint", str(out / "nope.pt"))
     assert missing.returncode != 0 and "nope.pt does not exist" in missing.stderr
+
+
+def test_max_minutes_stops_early_with_a_final_checkpoint(tiny_data, tmp_path):
+    summary = meta_train(tiny_config(tmp_path, episodes=400, max_minutes=1e-6), progress=False)
+    assert summary["updates"] == 1 and summary["episodes"] == 2
+    rows = list(csv.DictReader(open(Path(summary["last"]).parent / "metrics.csv")))
+    assert len(rows) == 1 and Path(summary["best"]).exists()
