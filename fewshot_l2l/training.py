@@ -14,6 +14,7 @@ leaves a truncated file.
 from __future__ import annotations
 
 import csv
+import pickle
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -106,12 +107,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
         learner = ConvLearner(LearnerConfig(**checkpoint["learner"]))
         config = TrainConfig.from_dict(checkpoint["config"])
         meta_learner = MetaLearner(torch.zeros(learner.n_params), config.hidden_size)
         meta_learner.load_state_dict(checkpoint["meta_learner"])
-    except (KeyError, RuntimeError, EOFError, ValueError) as error:
+    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"checkpoint {path} is not a fewshot_l2l checkpoint or is corrupt: {error}") from error
     return meta_learner.to(device), learner, config, checkpoint
 

@@ -123,6 +123,10 @@ def test_load_checkpoint_errors(tmp_path):
     torch.save({"something": 1}, bad)
     with pytest.raises(ValueError, match="bad.pt is not a fewshot_l2l checkpoint"):
         load_checkpoint(bad)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="truncated.pt is not a fewshot_l2l checkpoint or is corrupt"):
+        load_checkpoint(truncated)
 
 
 def run_script(*args):
