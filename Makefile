@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean bench-speed
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Meta-training/evaluation episodes/s, peak memory and FLOP fraction at the issue-5 settings
+# (Omniglot 5w1s 28x28x1 and miniImageNet 5w5s 84x84x3 shapes, meta-batch 1 and 16), side by side
+# with the naive sequential implementation; one JSON line per configuration (README "Speed").
+bench-speed: setup
+	$(PY) scripts/benchmark.py
 
 clean:
 	rm -rf $(VENV) runs
