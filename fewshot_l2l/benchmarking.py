@@ -386,3 +386,40 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def profile_meta_update(shape: BenchmarkShape, meta_batch: int, device: str = "cpu", row_limit: int = 15) -> tuple[dict, str]:
+    """``torch.profiler`` of one meta-update (after one warm-up update): a summary and the top-ops table.
+
+    The summary splits the wall time into the meta-learner (its forward and
+    hand-written backward, :class:`~fewshot_l2l.meta_learner.FirstOrderMetaStep`)
+    and everything else (the learner's forward/backward, sampling, Adam).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    tune_cpu_allocator()
+    device = torch.device(device)
+    learner = ConvLearner(LearnerConfig(shape.in_channels, shape.image_size, shape.n_way, shape.hidden_channels))
+    meta_learner = MetaLearner(learner.init_params()).to(device)
+    optimizer = torch.optim.Adam(meta_learner.parameters(), lr=1e-3)
+    sampler = EpisodeSampler(synthetic_split(shape, device), shape.n_way, shape.k_shot, shape.n_query)
+
+    def update() -> None:
+        result = run_episodes(meta_learner, learner, sampler.sample(meta_batch), shape.inner_steps)
+        meta_update(meta_learner, optimizer, result.loss, 0.25)
+
+    update()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        update()
+        synchronize(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    meta_us = sum(e.cpu_time_total for e in events if e.key in ("FirstOrderMetaStep", "FirstOrderMetaStepBackward"))
+    total_us = sum(e.self_cpu_time_total for e in events)
+    summary = {
+        "config": shape.name, "meta_batch": meta_batch, "profiled_wall_s": wall,
+        "meta_learner_fraction": meta_us / total_us if total_us else float("nan"),
+    }
+    return summary, events.table(sort_by="self_cpu_time_total", row_limit=row_limit)

@@ -17,7 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from fewshot_l2l.benchmarking import SHAPES, BenchmarkSettings, benchmark_configuration, environment, matmul_flops_per_s
+from fewshot_l2l.benchmarking import (
+    SHAPES, BenchmarkSettings, benchmark_configuration, environment, matmul_flops_per_s, profile_meta_update,
+)
 from fewshot_l2l.utils import resolve_device
 
 
@@ -46,11 +48,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the meta-learner step")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the learner")
     parser.add_argument("--in-process", action="store_true", help="no subprocesses (peak memory then accumulates)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: torch.profiler of one meta-update per configuration (summary JSON + top-ops table)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        for shape_name in args.shapes:
+            for meta_batch in args.meta_batches:
+                summary, table = profile_meta_update(SHAPES[shape_name], meta_batch, str(device))
+                print(json.dumps(summary))
+                print(table, flush=True)
+        return
     rate = matmul_flops_per_s(device)
     print(json.dumps({"environment": environment(), "matmul_gflop_per_s": rate / 1e9}), flush=True)
     for shape_name in args.shapes:
