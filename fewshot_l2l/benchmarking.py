@@ -241,18 +241,22 @@ def peak_rss_mb() -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int, timed: int) -> tuple[float, float]:
-    """``(seconds of the warm-up calls, mean seconds per timed call)``."""
+def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int, timed: int) -> tuple[float, float, float]:
+    """``(seconds of the warm-up calls, mean wall seconds per timed call, mean process CPU seconds per timed call)``.
+
+    The CPU seconds (all threads of this process) are reported because the
+    machine is shared: other processes stretch wall time, less so CPU time.
+    """
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
     synchronize(device)
     warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(timed):
         fn()
     synchronize(device)
-    return warmup_s, (time.perf_counter() - start) / timed
+    return warmup_s, (time.perf_counter() - start) / timed, (time.process_time() - cpu_start) / timed
 
 
 def meta_update(meta_learner: MetaLearner, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> None:
@@ -319,8 +323,8 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
         with torch.no_grad():
             run_episodes(meta_learner, learner, sampler.sample(batch), shape.inner_steps, amp=settings.amp)
 
-    train_warmup_s, train_s = seconds_per_call(fast_train, device, 1, timed_updates)
-    eval_warmup_s, eval_s = seconds_per_call(fast_eval, device, 1, timed_updates)
+    train_warmup_s, train_s, train_cpu_s = seconds_per_call(fast_train, device, 1, timed_updates)
+    eval_warmup_s, eval_s, eval_cpu_s = seconds_per_call(fast_eval, device, 1, timed_updates)
     row: dict = {
         "config": shape.name,
         "meta_batch": batch,
@@ -332,6 +336,8 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
         "eval_episodes_per_s": batch / eval_s,
         "train_s_per_episode": train_s / batch,
         "eval_s_per_episode": eval_s / batch,
+        "train_cpu_s_per_episode": train_cpu_s / batch,
+        "eval_cpu_s_per_episode": eval_cpu_s / batch,
         "timed_episodes": timed_updates * batch,
         "warmup_s": train_warmup_s + eval_warmup_s,  # includes compilation with compile=True
         "peak_rss_mb": peak_rss_mb(),
@@ -349,12 +355,13 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
         with torch.no_grad():
             naive_loss(meta_learner, learner, single(), shape.inner_steps)
 
-    _, naive_train_s = seconds_per_call(naive_train, device, 1, settings.naive_episodes)
-    _, naive_eval_s = seconds_per_call(naive_eval, device, 1, settings.naive_episodes)
+    _, naive_train_s, naive_train_cpu_s = seconds_per_call(naive_train, device, 1, settings.naive_episodes)
+    _, naive_eval_s, _ = seconds_per_call(naive_eval, device, 1, settings.naive_episodes)
     row["naive_train_episodes_per_s"] = 1 / naive_train_s
     row["naive_eval_episodes_per_s"] = 1 / naive_eval_s
     row["speedup_vs_naive"] = naive_train_s / row["train_s_per_episode"]
     row["eval_speedup_vs_naive"] = naive_eval_s / row["eval_s_per_episode"]
+    row["cpu_speedup_vs_naive"] = naive_train_cpu_s / row["train_cpu_s_per_episode"]
 
     n_support, n_query = shape.n_way * shape.k_shot, shape.n_way * shape.n_query
     train_flops = learner_flops_per_episode(learner, n_support, n_query, shape.inner_steps, train=True)
@@ -375,6 +382,7 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
     if shape.reference_s_per_episode is not None:
         row["reference_train_s_per_episode"] = shape.reference_s_per_episode
         row["speedup_vs_reference"] = shape.reference_s_per_episode / row["train_s_per_episode"]
+    row["load_average_1min"] = os.getloadavg()[0]  # other processes on the machine during the run
     return row
 
 
@@ -423,3 +431,36 @@ def profile_meta_update(shape: BenchmarkShape, meta_batch: int, device: str = "c
         "meta_learner_fraction": meta_us / total_us if total_us else float("nan"),
     }
     return summary, events.table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+TABLE_COLUMNS = (
+    ("config", "config", "{}"),
+    ("meta_batch", "meta-batch", "{}"),
+    ("train_s_per_episode", "train s/episode", "{:.3f}"),
+    ("eval_s_per_episode", "eval s/episode", "{:.3f}"),
+    ("naive_train_episodes_per_s", "naive train s/episode", None),
+    ("speedup_vs_naive", "train speedup vs naive", "{:.2f}x"),
+    ("eval_speedup_vs_naive", "eval speedup vs naive", "{:.2f}x"),
+    ("speedup_vs_reference", "train speedup vs reference", "{:.2f}x"),
+    ("peak_rss_mb", "peak RSS MiB", "{:.0f}"),
+    ("flop_fraction", "learner FLOP fraction", "{:.3f}"),
+    ("flop_fraction_with_meta_learner", "+ meta-learner matmuls", "{:.3f}"),
+)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table of benchmark rows (``naive train s/episode`` is ``1 / naive_train_episodes_per_s``)."""
+    lines = ["| " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _, fmt in TABLE_COLUMNS:
+            value = row.get(key)
+            if value is None:
+                cells.append("")
+            elif fmt is None:
+                cells.append(f"{1 / value:.3f}")
+            else:
+                cells.append(fmt.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

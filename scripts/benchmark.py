@@ -18,7 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from fewshot_l2l.benchmarking import (
-    SHAPES, BenchmarkSettings, benchmark_configuration, environment, matmul_flops_per_s, profile_meta_update,
+    SHAPES, BenchmarkSettings, benchmark_configuration, environment, markdown_table, matmul_flops_per_s,
+    profile_meta_update,
 )
 from fewshot_l2l.utils import resolve_device
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     rate = matmul_flops_per_s(device)
     print(json.dumps({"environment": environment(), "matmul_gflop_per_s": rate / 1e9}), flush=True)
+    rows = []
     for shape_name in args.shapes:
         for meta_batch in args.meta_batches:
             settings = BenchmarkSettings(
@@ -76,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 row = run_isolated(shape_name, settings, args.threads)
             print(json.dumps(row), flush=True)
-    sys.stdout.flush()
+            rows.append(row)
+    # The human-readable summary goes to stderr so that stdout stays one JSON object per line.
+    print(f"matmul rate {rate / 1e9:.1f} GFLOP/s, {torch.get_num_threads()} threads, device {device}", file=sys.stderr)
+    print(markdown_table(rows), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import torch
 
 from fewshot_l2l.adaptation import run_episodes
 from fewshot_l2l.benchmarking import (
-    SHAPES, BenchmarkSettings, benchmark_configuration, learner_flops_per_episode, naive_loss, synthetic_split,
+    SHAPES, BenchmarkSettings, benchmark_configuration, learner_flops_per_episode, markdown_table, naive_loss,
+    synthetic_split,
 )
 from fewshot_l2l.episodes import EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
@@ -68,3 +69,5 @@ def test_benchmark_row_has_the_issue_keys():
     for key in ("train_episodes_per_s", "eval_episodes_per_s", "peak_rss_mb", "speedup_vs_naive", "flop_fraction"):
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert row["flop_fraction"] < row["flop_fraction_with_meta_learner"]
+    table = markdown_table([row])
+    assert table.count("\n") == 2 and "| tiny | 2 |" in table
