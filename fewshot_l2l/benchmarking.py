@@ -119,7 +119,9 @@ def naive_episode(
 
     Each inner step builds a fresh ``nn.Module``, copies the flat parameters
     into it, and takes the loss and the gradient from ``loss.backward()`` and the
-    modules' ``.grad`` fields. The query loss is differentiable with respect to
+    modules' ``.grad`` fields. The meta-learner runs as plain autograd
+    (:meth:`MetaLearner.differentiable_step`: no hand-written backward, never
+    compiled), so the naive figures do not depend on the fast path's options. The query loss is differentiable with respect to
     the meta-learner (``torch.func.functional_call`` on views of the final
     parameters), so ``loss.backward()`` gives the same first-order meta-gradient
     as the fast path. Query batch norm uses the query batch's statistics
@@ -135,7 +137,7 @@ def naive_episode(
             loss = F.cross_entropy(module(support_x), support_y)
             loss.backward()
         grad = torch.cat([param.grad.flatten() for param in module.parameters()])
-        theta, state = meta_learner(theta, grad[None], loss.detach()[None], state)
+        theta, state = meta_learner.differentiable_step(theta, grad[None], loss.detach()[None], state)
     module = naive_module(learner).to(device=theta.device, dtype=theta.dtype)
     names = [name for name, _ in module.named_parameters()]
     final = dict(zip(names, learner.unflatten(theta[0])))
