@@ -170,8 +170,9 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
         interval_loss += result.loss.item()
         interval_acc += result.accuracy.mean().item()
         interval_count += 1
+        # One redraw per update: the postfix is set without refreshing, then update() draws.
+        bar.set_postfix(loss=f"{interval_loss / interval_count:.3f}", acc=f"{interval_acc / interval_count:.3f}", refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{interval_loss / interval_count:.3f}", acc=f"{interval_acc / interval_count:.3f}")
 
         out_of_time = config.max_minutes is not None and time.time() - start >= 60 * config.max_minutes
         if state["update"] % val_every_updates == 0 or state["update"] == n_updates or out_of_time:
