@@ -12,7 +12,7 @@ are carried into the next unroll, detached. As in Andrychowicz et al., the
 gradient fed to the rule is a constant for the meta-gradient (no second
 derivatives of ``f``); the path ``phi -> theta_t -> f(theta_t)`` is exact.
 
-``RUN_DIR`` receives ``init.pt``, ``last.pt`` (every validation), ``best.pt``
+``RUN_DIR`` receives ``init.pt``, ``last.pt`` (every validation; ``resume`` continues it), ``best.pt``
 (lowest validation sum of losses on ``tune`` problems) and ``metrics.csv``; all
 checkpoints are written atomically.
 """
@@ -57,6 +57,7 @@ class OptimizerTrainConfig:
     device: str = "auto"
     seed: int = 0
     out: str = "runs/optimizer"
+    resume: bool = False  # continue RUN_DIR/last.pt (same problem stream: iteration k always draws the same problems)
 
     def __post_init__(self) -> None:
         if self.problem not in PROBLEMS:
@@ -133,8 +134,8 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists():
-        raise FileExistsError(f"{last_path} exists: choose another --out")
+    if last_path.exists() and not config.resume:
+        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
 
     distribution = make_problems(config.problem, device)
     rule = build_rule_for(config).to(device)
@@ -146,13 +147,19 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
                 "config": asdict(config), "progress": dict(state)}
 
     state = {"iteration": 0, "best_val_sum_loss": math.inf, "elapsed_s": 0.0}
-    atomic_torch_save(checkpoint(state), out / "init.pt")
-    with open(out / "metrics.csv", "w", newline="") as file:
-        csv.writer(file).writerow(METRICS_COLUMNS)
+    if config.resume and last_path.exists():
+        _, _, saved = load_rule_checkpoint(last_path, device)
+        rule.load_state_dict(saved["rule"])
+        meta_optimizer.load_state_dict(saved["optimizer"])
+        state = dict(saved["progress"])
+    else:
+        atomic_torch_save(checkpoint(state), out / "init.pt")
+        with open(out / "metrics.csv", "w", newline="") as file:
+            csv.writer(file).writerow(METRICS_COLUMNS)
 
-    start_time = time.time()
+    start_time = time.time() - state["elapsed_s"]
     interval_loss, interval_count = 0.0, 0
-    bar = tqdm(total=config.iterations, desc=f"meta-train {config.rule} on {config.problem}", unit="iter", disable=not progress)
+    bar = tqdm(total=config.iterations, initial=state["iteration"], desc=f"meta-train {config.rule} on {config.problem}", unit="iter", disable=not progress)
     out_of_time = False
     while state["iteration"] < config.iterations and not out_of_time:
         problems = distribution.sample(config.meta_batch, config.seed * 1_000_003 + state["iteration"], split="train")

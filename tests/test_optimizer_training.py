@@ -90,6 +90,22 @@ def test_train_optimizer_writes_checkpoints_and_learns(tmp_path):
     assert curve_metrics(rule_curve(trained, val, 20))[1] < curve_metrics(rule_curve(untrained, val, 20))[1]
     with pytest.raises(FileExistsError, match="last.pt exists"):
         train_optimizer(config, progress=False)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    values = dict(hidden_size=4, horizon=10, unroll=5, meta_batch=8, lr=1e-2, val_every=2, val_problems=8, device="cpu")
+    train_optimizer(OptimizerTrainConfig(iterations=4, out=str(tmp_path / "full"), **values), progress=False)
+    train_optimizer(OptimizerTrainConfig(iterations=2, out=str(tmp_path / "cut"), **values), progress=False)
+    summary = train_optimizer(OptimizerTrainConfig(iterations=4, out=str(tmp_path / "cut"), resume=True, **values), progress=False)
+    assert summary["iterations"] == 4
+    full, _, _ = load_rule_checkpoint(tmp_path / "full" / "last.pt")
+    resumed, _, _ = load_rule_checkpoint(tmp_path / "cut" / "last.pt")
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a learned-optimizer checkpoint"):
         load_rule_checkpoint(tmp_path / "bad.pt")
