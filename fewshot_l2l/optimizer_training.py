@@ -57,6 +57,7 @@ class OptimizerTrainConfig:
     device: str = "auto"
     seed: int = 0
     out: str = "runs/optimizer"
+    init_from: str | None = None  # start from the rule weights of another run's checkpoint (same rule and sizes)
     resume: bool = False  # continue RUN_DIR/last.pt (same problem stream: iteration k always draws the same problems)
 
     def __post_init__(self) -> None:
@@ -147,6 +148,11 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
                 "config": asdict(config), "progress": dict(state)}
 
     state = {"iteration": 0, "best_val_sum_loss": math.inf, "elapsed_s": 0.0}
+    if config.init_from is not None:
+        source, _, _ = load_rule_checkpoint(config.init_from, device)
+        if source.config() != rule.config():
+            raise ValueError(f"--init-from {config.init_from}: its rule {source.config()} differs from this run's {rule.config()}")
+        rule.load_state_dict(source.state_dict())
     if config.resume and last_path.exists():
         _, _, saved = load_rule_checkpoint(last_path, device)
         rule.load_state_dict(saved["rule"])

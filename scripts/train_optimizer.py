@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, arg
     parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default=defaults.out, help="RUN_DIR for checkpoints and metrics.csv")
+    parser.add_argument("--init-from", default=None, help="checkpoint of another run whose rule weights to start from")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (e.g. with more --iterations)")
     parser.add_argument("--n-test", type=int, default=100, help="held-out problems of the final evaluation (0: skip it)")
     args = parser.parse_args(argv)

@@ -105,6 +105,19 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 3
 
 
+def test_init_from_starts_at_another_runs_weights(tmp_path):
+    values = dict(hidden_size=4, horizon=10, unroll=5, meta_batch=8, val_every=1, val_problems=8, device="cpu")
+    train_optimizer(OptimizerTrainConfig(iterations=1, out=str(tmp_path / "a"), seed=1, **values), progress=False)
+    train_optimizer(OptimizerTrainConfig(iterations=1, out=str(tmp_path / "b"), init_from=str(tmp_path / "a" / "last.pt"),
+                                         **values), progress=False)
+    source, _, _ = load_rule_checkpoint(tmp_path / "a" / "last.pt")
+    started, _, _ = load_rule_checkpoint(tmp_path / "b" / "init.pt")
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), started.parameters()))
+    with pytest.raises(ValueError, match="differs from this run"):
+        train_optimizer(OptimizerTrainConfig(iterations=1, out=str(tmp_path / "c"), init_from=str(tmp_path / "a" / "last.pt"),
+                                             **{**values, "hidden_size": 5}), progress=False)
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a learned-optimizer checkpoint"):
