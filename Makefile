@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean bench-optimizer
 
 setup: $(VENV)/.installed
 
@@ -26,3 +26,15 @@ test: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# Learned optimizers (README.md, "Learned optimizers"): meta-train the Andrychowicz LSTM rule on random
+# quadratics and on the glyph MLP, then compare with tuned SGD / Nesterov / RMSprop / Adam on 100 held-out
+# problems at the trained horizon (100) and at 2x (200). About 30 minutes of CPU in all.
+BENCH_OPT_DIR ?= runs/bench-optimizer
+bench-optimizer: setup
+	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 1000 --max-minutes 8 --lr 3e-3 --n-test 0 --out $(BENCH_OPT_DIR)/quadratic
+	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/quadratic/best.pt
+	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/quadratic/best.pt --horizon 200
+	$(PY) scripts/train_optimizer.py --problem mlp $(MLP_TRAIN_ARGS) --n-test 0 --out $(BENCH_OPT_DIR)/mlp
+	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/mlp/best.pt $(MLP_EVAL_ARGS)
+	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/mlp/best.pt $(MLP_EVAL_ARGS) --horizon 200
