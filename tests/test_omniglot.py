@@ -191,7 +191,7 @@ def test_download_verifies_checksums(monkeypatch, tmp_path):
     assert download.download_omniglot(tmp_path) == paths
 
 
-def test_prepare_data_download_offline_exits_with_the_message(monkeypatch, tmp_path):
+def test_prepare_data_download_offline_exits_with_the_message(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(urllib.request, "urlopen", _offline)
     with pytest.raises(SystemExit) as exit_info:
         run_script("prepare_data.py", "omniglot", "--download", "--source", str(tmp_path / "zips"),
@@ -200,3 +200,4 @@ def test_prepare_data_download_offline_exits_with_the_message(monkeypatch, tmp_p
     assert not (tmp_path / "o.h5").exists()
     with pytest.raises(SystemExit):
         run_script("prepare_data.py", "miniimagenet", "--download", "--source", str(tmp_path), "--out", str(tmp_path / "m.h5"))
+    assert "miniImageNet has no official download" in capsys.readouterr().err
