@@ -77,8 +77,8 @@ def list_images(sources: list[str | Path]) -> list[OmniglotImage]:
             raise FileNotFoundError(f"omniglot source {source} does not exist")
         entries: list[tuple[tuple[str, ...], str, Callable[[], bytes]]] = []
         if source.is_dir():
-            for path in sorted(source.rglob("*.png")):
-                entries.append((path.relative_to(source).parts, str(path), path.read_bytes))
+            for path in sorted(source.resolve().rglob("*.png")):  # absolute parts: an alphabet folder works too
+                entries.append((path.parts, str(path), path.read_bytes))
         else:
             try:
                 archive = zipfile.ZipFile(source)
