@@ -40,6 +40,7 @@ from .episodes import FewShotSplit
 FORMAT_NAME = "fewshot_l2l"
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
+CHUNK_BYTES = 1 << 16
 
 
 def _h5py():
@@ -74,7 +75,9 @@ class SplitWriter:
     def __init__(self, group: Any, name: str, n_images: int, image_shape: tuple[int, int, int], class_names: list[str]) -> None:
         self.name, self.n_images, self.image_shape = name, n_images, tuple(image_shape)
         self.class_names = list(class_names)
-        chunk = (1, *image_shape)
+        # ~64 KiB chunks: few enough for fast whole-split loads, small enough for per-image reads.
+        images_per_chunk = max(1, min(n_images, CHUNK_BYTES // int(np.prod(image_shape))))
+        chunk = (images_per_chunk, *image_shape) if n_images else None
         self.images = group.create_dataset("images", shape=(n_images, *image_shape), dtype=np.uint8, chunks=chunk)
         self.labels = group.create_dataset("labels", shape=(n_images,), dtype=np.int64)
         group.create_dataset("class_names", data=np.array(self.class_names, dtype=object), dtype=_h5py().string_dtype())

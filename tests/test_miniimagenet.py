@@ -122,6 +122,11 @@ def test_pickle_layout(layouts, chosen, tmp_path):
     expected = np.asarray(Image.fromarray(_fake_image(chosen["train"][wnid][2])).resize((84, 84))).transpose(2, 0, 1)
     assert np.array_equal(splits["train"].images[IMAGES_PER_CLASS + 2].numpy(), expected)
     assert splits["train"].labels.tolist() == [c for c in range(CLASSES_PER_SPLIT) for _ in range(IMAGES_PER_CLASS)]
+    small = tmp_path / "pickle16.h5"  # a size other than the caches' 84: resized with LANCZOS
+    build_miniimagenet(layouts["pickle"], small, image_size=16, progress=False)
+    resized = Image.fromarray(expected.transpose(1, 2, 0)).resize((16, 16), Image.Resampling.LANCZOS)
+    assert np.array_equal(HDF5Splits(small).split("train").images[IMAGES_PER_CLASS + 2].numpy(),
+                          np.asarray(resized).transpose(2, 0, 1))
 
 
 def test_sampler_errors_on_a_small_split(layouts, tmp_path):
