@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adaptation import default_inner_steps, run_episodes
-from .data import load_splits
+from .data import ROTATE_CHOICES, load_splits
 from .episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
@@ -40,6 +40,7 @@ class TrainConfig:
 
     dataset: str = "glyphs"
     data: str | None = None
+    rotate: str = "auto"  # splits whose classes get 90/180/270-degree rotated copies (data.load_splits)
     n_way: int = 5
     k_shot: int = 1
     n_query: int = 15
@@ -67,6 +68,8 @@ class TrainConfig:
         for name in ("n_way", "k_shot", "n_query", "inner_steps", "meta_batch", "episodes", "val_every", "val_episodes", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.rotate not in ROTATE_CHOICES:
+            raise ValueError(f"TrainConfig: rotate must be one of {ROTATE_CHOICES}, got {self.rotate!r}")
         if self.query_bn not in QUERY_BN_MODES:
             raise ValueError(f"TrainConfig: query_bn must be one of {QUERY_BN_MODES}, got {self.query_bn!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -127,7 +130,7 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     if last_path.exists() and not config.resume:
         raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
 
-    splits = load_splits(config.dataset, config.data, seed=config.seed)
+    splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)
     meta_learner, learner = build_models(config, train_split.image_shape)
     meta_learner.to(device)

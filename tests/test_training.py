@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tiny_data(monkeypatch, tiny_splits):
-    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0: tiny_splits)
+    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
     return tiny_splits
 
 
