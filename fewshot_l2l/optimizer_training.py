@@ -157,6 +157,8 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
         _, _, saved = load_rule_checkpoint(last_path, device)
         rule.load_state_dict(saved["rule"])
         meta_optimizer.load_state_dict(saved["optimizer"])
+        for group in meta_optimizer.param_groups:  # a resumed run may lower the meta-learning rate (a second phase)
+            group["lr"] = config.lr
         state = dict(saved["progress"])
     else:
         atomic_torch_save(checkpoint(state), out / "init.pt")

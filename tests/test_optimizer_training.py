@@ -103,6 +103,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 3
+    train_optimizer(OptimizerTrainConfig(iterations=5, out=str(tmp_path / "cut"), resume=True, **{**values, "lr": 1e-3}),
+                    progress=False)  # a second phase with a lower meta-learning rate
+    _, _, saved = load_rule_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["optimizer"]["param_groups"][0]["lr"] == 1e-3 and saved["progress"]["iteration"] == 5
 
 
 def test_init_from_starts_at_another_runs_weights(tmp_path):
