@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fewshot_l2l.optimizees import QuadraticProblems
-from fewshot_l2l.optimizer_evaluation import baseline_curve, compare, curve_metrics, rule_curve, tune_baseline
+from fewshot_l2l.optimizer_evaluation import baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
 from fewshot_l2l.optimizer_training import (
     OptimizerTrainConfig, load_rule_checkpoint, train_optimizer, unrolled_meta_loss,
 )
-from fewshot_l2l.update_rules import AndrychowiczRule
+from fewshot_l2l.update_rules import AndrychowiczRule, MetaLSTMRule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,3 +191,15 @@ def test_scripts_end_to_end(tmp_path, monkeypatch, capsys):
     assert result["problem"] == "quadratic" and result["horizon"] == 12
     assert result["best_baseline"] in ("sgd", "nesterov", "rmsprop", "adam")
     assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("rule", [AndrychowiczRule(hidden_size=3), MetaLSTMRule(hidden_size=3)])
+def test_chunked_step_equals_one_call(rule):
+    theta, grad, loss = torch.randn(3, 50), torch.randn(3, 50), torch.rand(3)
+    state = rule.initial_state(theta)
+    state = rule(theta, grad, loss, state)[1]  # a non-zero state
+    whole, whole_state = rule(theta, grad, loss, state)
+    chunked, chunked_state = chunked_step(rule, theta, grad, loss, state, chunk_rows=3 * 7)
+    assert torch.allclose(whole, chunked, atol=1e-6)  # matmul blocking may change the last bit
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_state, chunked_state))
+    assert type(chunked_state) is type(whole_state)
