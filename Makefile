@@ -32,7 +32,8 @@ clean:
 # problems at the trained horizon (100) and at 2x (200). About 30 minutes of CPU in all.
 BENCH_OPT_DIR ?= runs/bench-optimizer
 bench-optimizer: setup
-	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 1000 --max-minutes 8 --lr 3e-3 --n-test 0 --out $(BENCH_OPT_DIR)/quadratic
+	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 1500 --lr 3e-3 --n-test 0 --device cpu --out $(BENCH_OPT_DIR)/quadratic
+	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 2000 --lr 1e-3 --n-test 0 --device cpu --out $(BENCH_OPT_DIR)/quadratic --resume
 	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/quadratic/best.pt
 	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/quadratic/best.pt --horizon 200
 	$(PY) scripts/train_optimizer.py --problem mlp $(MLP_TRAIN_ARGS) --n-test 0 --out $(BENCH_OPT_DIR)/mlp
