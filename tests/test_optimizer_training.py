@@ -129,6 +129,8 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
 
 
 def test_config_validation():
+    assert (OptimizerTrainConfig().meta_batch, OptimizerTrainConfig(problem="mlp").meta_batch) == (128, 1)
+    assert OptimizerTrainConfig(problem="mlp", val_problems=3).val_problems == 3
     with pytest.raises(ValueError, match="multiple of unroll"):
         OptimizerTrainConfig(horizon=100, unroll=30)
     with pytest.raises(ValueError, match="problem must be one of"):
