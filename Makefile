@@ -36,8 +36,11 @@ clean:
 # quadratics and on the glyph MLP, then compare with tuned SGD / Nesterov / RMSprop / Adam on 100 held-out
 # problems at the trained horizon (100) and at 2x (200). About 30 minutes of CPU in all.
 BENCH_OPT_DIR ?= runs/bench-optimizer
+MLP_TRAIN_ARGS ?= --iterations 80 --lr 5e-3 --val-every 20 --device cpu
+MLP_EVAL_ARGS ?= --n-tune 20 --lr-grid 0.001 0.001778 0.003162 0.005623 0.01 0.01778 0.03162 0.05623 0.1 0.1778 0.3162 0.5623 1 1.778 3.162 5.623 10
 bench-optimizer: setup
-	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 1000 --max-minutes 8 --lr 3e-3 --n-test 0 --out $(BENCH_OPT_DIR)/quadratic
+	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 1500 --lr 3e-3 --n-test 0 --device cpu --out $(BENCH_OPT_DIR)/quadratic
+	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 2000 --lr 1e-3 --n-test 0 --device cpu --out $(BENCH_OPT_DIR)/quadratic --resume
 	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/quadratic/best.pt
 	$(PY) scripts/evaluate_optimizer.py --checkpoint $(BENCH_OPT_DIR)/quadratic/best.pt --horizon 200
 	$(PY) scripts/train_optimizer.py --problem mlp $(MLP_TRAIN_ARGS) --n-test 0 --out $(BENCH_OPT_DIR)/mlp

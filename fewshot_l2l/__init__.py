@@ -11,9 +11,12 @@ from .episodes import Episode, EpisodeSampler, FewShotSplit
 from .evaluation import EvalResult, evaluate, mean_ci95
 from .learner import ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner, MetaLSTMState
+from .optim import LearnedOptimizer
 from .preprocess import preprocess
+from .update_rules import AndrychowiczRule, MetaLSTMRule, UpdateRule
 
 __all__ = [
     "ConvLearner", "Episode", "EpisodeSampler", "EvalResult", "FewShotSplit", "LearnerConfig", "MetaLSTMState",
     "MetaLearner", "adapt", "default_inner_steps", "evaluate", "mean_ci95", "preprocess", "run_episodes",
 ]
+__all__ += ["AndrychowiczRule", "LearnedOptimizer", "MetaLSTMRule", "UpdateRule"]  # learned optimizers (optim.py)

@@ -32,6 +32,32 @@ BASELINES: dict[str, Callable[[Tensor, float], torch.optim.Optimizer]] = {
 DEFAULT_LR_GRID = tuple(10 ** (k / 4) for k in range(-16, 3))  # 1e-4 .. 10^0.5, four points per decade
 
 
+CHUNK_ROWS = 1 << 14  # coordinates per rule call in evaluation: the rule's temporaries then stay in cache
+
+
+@torch.no_grad()
+def chunked_step(rule: UpdateRule, theta: Tensor, grad: Tensor, loss: Tensor, state: tuple, chunk_rows: int = CHUNK_ROWS):
+    """``rule(theta, grad, loss, state)`` computed on column blocks of ``[B, P]`` (no autograd).
+
+    The rule is coordinatewise, so each block of coordinates is independent; for
+    ~10^6 coordinates, blocks of ~16k rows measured about 2x faster on CPU than one
+    call, whose ``[rows, 4 * hidden]`` temporaries do not fit in cache.
+    """
+    n, p = theta.shape
+    width = max(1, chunk_rows // n)
+    if width >= p:
+        return rule(theta, grad, loss, state)
+    theta_next = torch.empty_like(theta)
+    state_next = tuple(torch.empty_like(s) for s in state)
+    for start in range(0, p, width):
+        block = slice(start, start + width)
+        out, out_state = rule(theta[:, block], grad[:, block], loss, tuple(s[:, block] for s in state))
+        theta_next[:, block] = out
+        for target, value in zip(state_next, out_state):
+            target[:, block] = value
+    return theta_next, type(state)(*state_next) if hasattr(state, "_fields") else state_next
+
+
 def rule_curve(rule: UpdateRule, problems: ProblemBatch, steps: int) -> Tensor:
     """Loss curves ``[steps + 1, n]`` of the learned rule (no meta-gradient is kept)."""
     theta = problems.initial_theta()
@@ -45,8 +71,7 @@ def rule_curve(rule: UpdateRule, problems: ProblemBatch, steps: int) -> Tensor:
         curve.append(loss.detach())
         if step == steps:
             break
-        with torch.no_grad():
-            theta, state = rule(theta, grad, loss.detach(), state)
+        theta, state = chunked_step(rule, theta, grad, loss.detach(), state)
     return torch.stack(curve)
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fewshot_l2l.optimizees import QuadraticProblems
-from fewshot_l2l.optimizer_evaluation import baseline_curve, compare, curve_metrics, rule_curve, tune_baseline
+from fewshot_l2l.optimizer_evaluation import baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
 from fewshot_l2l.optimizer_training import (
     OptimizerTrainConfig, load_rule_checkpoint, train_optimizer, unrolled_meta_loss,
 )
-from fewshot_l2l.update_rules import AndrychowiczRule
+from fewshot_l2l.update_rules import AndrychowiczRule, MetaLSTMRule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,6 +103,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 3
+    train_optimizer(OptimizerTrainConfig(iterations=5, out=str(tmp_path / "cut"), resume=True, **{**values, "lr": 1e-3}),
+                    progress=False)  # a second phase with a lower meta-learning rate
+    _, _, saved = load_rule_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["optimizer"]["param_groups"][0]["lr"] == 1e-3 and saved["progress"]["iteration"] == 5
 
 
 def test_init_from_starts_at_another_runs_weights(tmp_path):
@@ -125,6 +129,8 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
 
 
 def test_config_validation():
+    assert (OptimizerTrainConfig().meta_batch, OptimizerTrainConfig(problem="mlp").meta_batch) == (128, 1)
+    assert OptimizerTrainConfig(problem="mlp", val_problems=3).val_problems == 3
     with pytest.raises(ValueError, match="multiple of unroll"):
         OptimizerTrainConfig(horizon=100, unroll=30)
     with pytest.raises(ValueError, match="problem must be one of"):
@@ -187,3 +193,15 @@ def test_scripts_end_to_end(tmp_path, monkeypatch, capsys):
     assert result["problem"] == "quadratic" and result["horizon"] == 12
     assert result["best_baseline"] in ("sgd", "nesterov", "rmsprop", "adam")
     assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("rule", [AndrychowiczRule(hidden_size=3), MetaLSTMRule(hidden_size=3)])
+def test_chunked_step_equals_one_call(rule):
+    theta, grad, loss = torch.randn(3, 50), torch.randn(3, 50), torch.rand(3)
+    state = rule.initial_state(theta)
+    state = rule(theta, grad, loss, state)[1]  # a non-zero state
+    whole, whole_state = rule(theta, grad, loss, state)
+    chunked, chunked_state = chunked_step(rule, theta, grad, loss, state, chunk_rows=3 * 7)
+    assert torch.allclose(whole, chunked, atol=1e-6)  # matmul blocking may change the last bit
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_state, chunked_state))
+    assert type(chunked_state) is type(whole_state)
