@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test clean bench-omniglot bench-optimizer
+.PHONY: setup demo test clean bench-omniglot bench-optimizer bench-speed
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ test: setup
 # 5-way 1-shot and 5-shot meta-trained concurrently for 40 min each on one CPU thread, 600 test episodes each.
 bench-omniglot: setup
 	$(PY) scripts/bench_omniglot.py --out runs/bench-omniglot
+
+# Meta-training/evaluation episodes/s, peak memory and FLOP fraction at the issue-5 settings
+# (Omniglot 5w1s 28x28x1 and miniImageNet 5w5s 84x84x3 shapes, meta-batch 1 and 16), side by side
+# with the naive sequential implementation; one JSON line per configuration (README "Speed").
+bench-speed: setup
+	$(PY) scripts/benchmark.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -46,6 +46,16 @@ class EpisodeResult:
     accuracy: Tensor  # query accuracy of each episode, [B]
 
 
+def learner_autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast for the learner's convolutions when ``enabled`` (the ``--amp`` flag).
+
+    Only the learner runs under it: the meta-learner's cell state is the
+    learner's parameters, and rounding them to bfloat16 every step would erase
+    updates smaller than 2^-8 of a weight. Losses and gradients come back in float32.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def support_losses(learner: ConvLearner, theta: Tensor, images: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of each episode: ``theta`` ``[B, P]``, images ``[B, N, C, H, W]`` -> ``[B]``.
 
@@ -67,6 +77,7 @@ def adapt(
     inner_batch_size: int | None = None,
     second_order: bool = False,
     generator: torch.Generator | None = None,
+    amp: bool = False,
 ) -> Tensor:
     """Run the inner loop on support sets ``[B, N, ...]``; return the final parameters ``[B, P]``.
 
@@ -77,6 +88,7 @@ def adapt(
             permutation of the support set, wrapping around.
         second_order: keep gradients through the learner's loss and gradient.
         generator: draws the permutation when ``inner_batch_size`` is set.
+        amp: run the learner's forward passes under bfloat16 autocast (see :func:`learner_autocast`).
     """
     if inner_steps < 1:
         raise ValueError(f"adapt: inner_steps must be >= 1, got {inner_steps}")
@@ -97,7 +109,7 @@ def adapt(
             index = order[(step * inner_batch_size + torch.arange(inner_batch_size, device=order.device)) % n_support]
             x, y = support_x[:, index], support_y[:, index]
         point = theta if second_order else theta.detach().requires_grad_()
-        with torch.enable_grad():
+        with torch.enable_grad(), learner_autocast(x.device, amp):
             losses = support_losses(learner, point, x, y)
             (grad,) = torch.autograd.grad(losses.sum(), point, create_graph=second_order)
         if not second_order:
@@ -115,14 +127,17 @@ def run_episodes(
     query_bn: str = "batch",
     second_order: bool = False,
     generator: torch.Generator | None = None,
+    amp: bool = False,
 ) -> EpisodeResult:
     """Adapt to every episode of the meta-batch and score the query sets."""
     theta = adapt(
-        meta_learner, learner, episode.support_x, episode.support_y, inner_steps, inner_batch_size, second_order, generator
+        meta_learner, learner, episode.support_x, episode.support_y, inner_steps, inner_batch_size, second_order,
+        generator, amp,
     )
     losses, correct = [], []
     for b in range(episode.n_episodes):
-        logits = learner.query_logits(theta[b], episode.support_x[b], episode.query_x[b], query_bn)
+        with learner_autocast(theta.device, amp):
+            logits = learner.query_logits(theta[b], episode.support_x[b], episode.query_x[b], query_bn)
         losses.append(F.cross_entropy(logits, episode.query_y[b]))
         correct.append((logits.argmax(dim=1) == episode.query_y[b]).float().mean())
     return EpisodeResult(torch.stack(losses).mean(), torch.stack(correct).detach())

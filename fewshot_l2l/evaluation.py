@@ -54,11 +54,13 @@ def evaluate(
     inner_batch_size: int | None = None,
     query_bn: str = "batch",
     progress: bool = True,
+    amp: bool = False,
 ) -> EvalResult:
     """Accuracy over ``n_episodes`` episodes of ``split`` drawn from ``seed`` (same seed, same episodes).
 
     Runs without building a meta-gradient graph (only the learner's own
-    gradients are computed), ``batch_size`` episodes at a time.
+    gradients are computed), ``batch_size`` episodes at a time; ``amp`` as in
+    :func:`fewshot_l2l.adaptation.adapt`.
     """
     if n_episodes < 1:
         raise ValueError(f"evaluate: n_episodes must be >= 1, got {n_episodes}")
@@ -71,7 +73,7 @@ def evaluate(
         while len(accuracies) < n_episodes:
             episode = sampler.sample(min(batch_size, n_episodes - len(accuracies)))
             result = run_episodes(
-                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator
+                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp
             )
             accuracies.extend(result.accuracy.tolist())
             bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}", refresh=False)

@@ -55,6 +55,8 @@ class TrainConfig:
     hidden_channels: int = 32
     second_order: bool = False
     query_bn: str = "batch"
+    compile: bool = False  # torch.compile the meta-learner step (measure first: scripts/benchmark.py --compile)
+    amp: bool = False  # bfloat16 autocast for the learner's forward passes (meant for CUDA)
     val_every: int = 400  # episodes between validations
     val_episodes: int = 200
     device: str = "auto"
@@ -134,6 +136,8 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)
     meta_learner, learner = build_models(config, train_split.image_shape)
     meta_learner.to(device)
+    if config.compile:
+        meta_learner.compile_step()
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=config.lr)
     sampler = EpisodeSampler(train_split, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     inner_generator = torch.Generator().manual_seed(config.seed)
@@ -161,7 +165,7 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
         episode = sampler.sample(config.meta_batch)
         result = run_episodes(
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
-            config.query_bn, config.second_order, inner_generator,
+            config.query_bn, config.second_order, inner_generator, amp=config.amp,
         )
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
@@ -182,7 +186,7 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
             val = evaluate(
                 meta_learner, learner, val_split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
                 n_episodes=config.val_episodes, seed=config.seed + 1, batch_size=config.meta_batch,
-                inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=False,
+                inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=False, amp=config.amp,
             )
             state["elapsed_s"] = time.time() - start
             row = (state["update"], state["episodes"], interval_loss / interval_count, interval_acc / interval_count,

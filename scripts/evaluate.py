@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         meta_learner, learner, split, config.n_way,
         args.k_shot or config.k_shot, args.n_query or config.n_query, args.inner_steps or config.inner_steps,
         n_episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
-        inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=not args.json,
+        inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=not args.json, amp=config.amp,
     )
     if args.json:
         print(json.dumps({

@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="meta-learner LSTM units")
     parser.add_argument("--hidden-channels", type=int, default=defaults.hidden_channels, help="learner conv filters")
     parser.add_argument("--second-order", action="store_true", help="keep gradients through the learner's gradient")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the meta-learner step (README 'Speed': measured, off by default)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the learner (for CUDA)")
     parser.add_argument("--query-bn", default=defaults.query_bn, choices=QUERY_BN_MODES,
                         help="batch-norm statistics for the query set (batch: transductive, as the authors)")
     parser.add_argument("--val-every", type=int, default=defaults.val_every, help="episodes between validations")

@@ -1,0 +1,466 @@
+"""Speed benchmark: the fast implementation side by side with a naive sequential one, FLOPs, matmul rate.
+
+Everything :mod:`scripts/benchmark.py <scripts.benchmark>` prints comes from here:
+
+* :func:`naive_episode` - a deliberately naive implementation of one episode,
+  kept as the yardstick for ``speedup_vs_naive``: one episode at a time, and at
+  every inner step the learner is re-materialized as a ``torch.nn`` module from
+  the flat parameter vector (what the authors' released code and its PyTorch port
+  do with their learner copies). It computes the same numbers as
+  :func:`fewshot_l2l.adaptation.run_episodes` (tested).
+* :func:`learner_flops_per_episode` / :func:`meta_learner_flops_per_episode` -
+  FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` on "meta"
+  tensors (shapes only, nothing is computed). It counts matrix multiplies and
+  convolutions (2 x multiply-accumulates), forward and backward, and ignores
+  elementwise work (batch norm, ReLU, pooling, the LSTM gates' activations).
+* :func:`matmul_flops_per_s` - the float32 matrix-multiply rate of the machine,
+  the practical ceiling for the learner's FLOPs.
+* :func:`benchmark_configuration` - one JSON-able row: meta-training and
+  evaluation episodes/s of both implementations, peak memory, FLOP fraction.
+
+Data is synthetic (random ``uint8`` images in a :class:`FewShotSplit` on the
+device), so the benchmark needs no data set; episodes are sampled from it by
+indexing exactly as in training.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .adaptation import run_episodes
+from .episodes import Episode, EpisodeSampler, FewShotSplit
+from .learner import ConvLearner, LearnerConfig
+from .meta_learner import MetaLearner
+from .utils import tune_cpu_allocator
+
+
+@dataclass(frozen=True)
+class BenchmarkShape:
+    """One benchmarked problem: image shape, episode shape, inner steps.
+
+    ``reference_s_per_episode`` is the meta-training time per episode of the
+    public PyTorch port of the authors' code on the 2-core CPU machine, as
+    stated in issue 5 (not measured by this benchmark).
+    """
+
+    name: str
+    in_channels: int
+    image_size: int
+    n_way: int
+    k_shot: int
+    n_query: int
+    inner_steps: int
+    hidden_channels: int = 32
+    reference_s_per_episode: float | None = None
+
+
+SHAPES = {
+    "omniglot-5w1s": BenchmarkShape("omniglot-5w1s", 1, 28, 5, 1, 15, 12, reference_s_per_episode=0.24),
+    "miniimagenet-5w5s": BenchmarkShape("miniimagenet-5w5s", 3, 84, 5, 5, 15, 8, reference_s_per_episode=0.86),
+}
+
+
+def synthetic_split(shape: BenchmarkShape, device: torch.device | str, n_classes: int = 10, seed: int = 0) -> FewShotSplit:
+    """Random ``uint8`` images, ``k_shot + n_query`` per class, held on ``device``."""
+    if n_classes < shape.n_way:
+        raise ValueError(f"synthetic_split: n_classes={n_classes} is smaller than n_way={shape.n_way}")
+    per_class = shape.k_shot + shape.n_query
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(
+        0, 256, (n_classes * per_class, shape.in_channels, shape.image_size, shape.image_size),
+        dtype=torch.uint8, generator=generator,
+    )
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    return FewShotSplit(images, labels, [f"class{c}" for c in range(n_classes)], "synthetic").to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The naive sequential reference implementation
+# ----------------------------------------------------------------------------------------------
+
+
+def naive_module(learner: ConvLearner) -> nn.Sequential:
+    """The learner CNN as ordinary ``torch.nn`` layers (parameters in the flat vector's order)."""
+    config = learner.config
+    layers: list[nn.Module] = []
+    channels = config.in_channels
+    for _ in range(config.n_blocks):
+        layers += [
+            nn.Conv2d(channels, config.hidden_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(config.hidden_channels, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+        channels = config.hidden_channels
+    layers += [nn.Flatten(), nn.Linear(learner.feature_dim, config.n_way)]
+    return nn.Sequential(*layers)
+
+
+def naive_episode(
+    meta_learner: MetaLearner,
+    learner: ConvLearner,
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    query_y: Tensor,
+    inner_steps: int,
+) -> tuple[Tensor, Tensor]:
+    """One episode, naively: ``(query loss, query accuracy)`` for unbatched ``[N, C, H, W]`` tensors.
+
+    Each inner step builds a fresh ``nn.Module``, copies the flat parameters
+    into it, and takes the loss and the gradient from ``loss.backward()`` and the
+    modules' ``.grad`` fields. The query loss is differentiable with respect to
+    the meta-learner (``torch.func.functional_call`` on views of the final
+    parameters), so ``loss.backward()`` gives the same first-order meta-gradient
+    as the fast path. Query batch norm uses the query batch's statistics
+    (``query_bn="batch"``).
+    """
+    theta = meta_learner.initial_theta(1)
+    state = meta_learner.initial_state(theta)
+    for _ in range(inner_steps):
+        module = naive_module(learner).to(device=theta.device, dtype=theta.dtype)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(theta[0].detach().clone(), module.parameters())
+        with torch.enable_grad():
+            loss = F.cross_entropy(module(support_x), support_y)
+            loss.backward()
+        grad = torch.cat([param.grad.flatten() for param in module.parameters()])
+        theta, state = meta_learner(theta, grad[None], loss.detach()[None], state)
+    module = naive_module(learner).to(device=theta.device, dtype=theta.dtype)
+    names = [name for name, _ in module.named_parameters()]
+    final = dict(zip(names, learner.unflatten(theta[0])))
+    logits = torch.func.functional_call(module, final, (query_x,))
+    loss = F.cross_entropy(logits, query_y)
+    accuracy = (logits.argmax(dim=1) == query_y).float().mean()
+    return loss, accuracy.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs and the machine's matmul rate
+# ----------------------------------------------------------------------------------------------
+
+
+def learner_flops_per_episode(learner: ConvLearner, n_support: int, n_query: int, inner_steps: int, train: bool) -> int:
+    """Learner FLOPs of one episode: ``inner_steps`` x (forward + backward on the support set) + the query set.
+
+    The query set costs a forward pass, plus a backward pass when ``train``
+    (the meta-gradient goes through it). Counted by ``FlopCounterMode`` on meta
+    tensors: convolutions and matmuls only.
+    """
+    config = learner.config
+    theta = torch.zeros(learner.n_params, device="meta", requires_grad=True)
+
+    def images(n: int) -> Tensor:
+        return torch.zeros(n, config.in_channels, config.image_size, config.image_size, device="meta")
+
+    labels = torch.zeros(max(n_support, n_query), dtype=torch.int64, device="meta")
+    with FlopCounterMode(display=False) as inner:
+        loss = F.cross_entropy(learner.logits(theta, images(n_support)), labels[:n_support])
+        torch.autograd.grad(loss, theta)
+    with FlopCounterMode(display=False) as query:
+        loss = F.cross_entropy(learner.logits(theta, images(n_query)), labels[:n_query])
+        if train:
+            torch.autograd.grad(loss, theta)
+    return inner_steps * inner.get_total_flops() + query.get_total_flops()
+
+
+def meta_learner_flops_per_episode(n_params: int, hidden_size: int, inner_steps: int, train: bool) -> int:
+    """Matmul FLOPs of the meta-learner for one episode (``inner_steps`` updates of ``n_params`` coordinates).
+
+    Counted like :func:`learner_flops_per_episode`; the LSTM's elementwise
+    gate arithmetic, a large share of its time, is not included.
+    """
+    with torch.device("meta"):
+        meta_learner = MetaLearner(torch.zeros(n_params), hidden_size)
+    theta = meta_learner.initial_theta(1)
+    state = meta_learner.initial_state(theta)
+    grad = torch.zeros(1, n_params, device="meta")
+    loss = torch.zeros(1, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        with torch.set_grad_enabled(train):
+            for _ in range(inner_steps):
+                theta, state = meta_learner(theta, grad, loss, state)
+            if train:
+                theta.sum().backward()
+    return counter.get_total_flops()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels (CUDA) so that wall-clock timings are complete."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops_per_s(device: torch.device | str = "cpu", size: int = 1024, seconds: float = 1.0) -> float:
+    """Float32 ``size x size`` matrix-multiply rate in FLOP/s (``2 size^3`` per product), best of 3 bursts."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    out = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=out)
+    synchronize(device)
+    best = 0.0
+    for _ in range(3):
+        count, start = 0, time.perf_counter()
+        while True:
+            torch.mm(a, b, out=out)
+            count += 1
+            if count % 4 == 0:
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds / 3:
+                    break
+        best = max(best, 2 * size**3 * count / elapsed)
+    return best
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------
+# Timed runs
+# ----------------------------------------------------------------------------------------------
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int, timed: int) -> tuple[float, float, float]:
+    """``(seconds of the warm-up calls, mean wall seconds per timed call, mean process CPU seconds per timed call)``.
+
+    The CPU seconds (all threads of this process) are reported because the
+    machine is shared: other processes stretch wall time, less so CPU time.
+    """
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    warmup_s = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(timed):
+        fn()
+    synchronize(device)
+    return warmup_s, (time.perf_counter() - start) / timed, (time.process_time() - cpu_start) / timed
+
+
+def meta_update(meta_learner: MetaLearner, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> None:
+    """The meta-training step of :func:`fewshot_l2l.training.meta_train`: backward, clip, Adam."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(meta_learner.parameters(), grad_clip)
+    optimizer.step()
+
+
+def naive_loss(meta_learner: MetaLearner, learner: ConvLearner, episode: Episode, inner_steps: int) -> tuple[Tensor, Tensor]:
+    """Mean query loss and per-episode accuracies of a meta-batch, one naive episode after the other."""
+    results = [
+        naive_episode(
+            meta_learner, learner, episode.support_x[b], episode.support_y[b], episode.query_x[b], episode.query_y[b],
+            inner_steps,
+        )
+        for b in range(episode.n_episodes)
+    ]
+    return torch.stack([loss for loss, _ in results]).mean(), torch.stack([acc for _, acc in results])
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """How one configuration is run."""
+
+    meta_batch: int = 1
+    device: str = "cpu"
+    timed_updates: int = 1  # timed meta-updates (and evaluation batches) of the fast implementation
+    min_timed_episodes: int = 4  # ... at least this many episodes in total
+    naive_episodes: int = 2  # timed episodes of the naive implementation (after one warm-up episode)
+    compile: bool = False
+    amp: bool = False
+    matmul_flops_per_s: float | None = None  # measured once by the caller; measured here when None
+    seed: int = 0
+
+
+def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) -> dict:
+    """Time meta-training and evaluation of ``shape`` at ``settings.meta_batch``, fast and naive; one result row.
+
+    Run each configuration in a fresh process (``scripts/benchmark.py`` does)
+    so that ``peak_rss_mb`` is the configuration's own.
+    """
+    tune_cpu_allocator()
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    learner = ConvLearner(LearnerConfig(shape.in_channels, shape.image_size, shape.n_way, shape.hidden_channels))
+    meta_learner = MetaLearner(learner.init_params(torch.Generator().manual_seed(settings.seed))).to(device)
+    if settings.compile:
+        meta_learner.compile_step()
+    optimizer = torch.optim.Adam(meta_learner.parameters(), lr=1e-3)
+    split = synthetic_split(shape, device, seed=settings.seed)
+    sampler = EpisodeSampler(split, shape.n_way, shape.k_shot, shape.n_query, seed=settings.seed)
+    batch = settings.meta_batch
+    timed_updates = max(settings.timed_updates, math.ceil(settings.min_timed_episodes / batch))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def fast_train() -> None:
+        result = run_episodes(meta_learner, learner, sampler.sample(batch), shape.inner_steps, amp=settings.amp)
+        meta_update(meta_learner, optimizer, result.loss, 0.25)
+
+    def fast_eval() -> None:
+        with torch.no_grad():
+            run_episodes(meta_learner, learner, sampler.sample(batch), shape.inner_steps, amp=settings.amp)
+
+    train_warmup_s, train_s, train_cpu_s = seconds_per_call(fast_train, device, 1, timed_updates)
+    eval_warmup_s, eval_s, eval_cpu_s = seconds_per_call(fast_eval, device, 1, timed_updates)
+    row: dict = {
+        "config": shape.name,
+        "meta_batch": batch,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "compile": settings.compile,
+        "amp": settings.amp,
+        "train_episodes_per_s": batch / train_s,
+        "eval_episodes_per_s": batch / eval_s,
+        "train_s_per_episode": train_s / batch,
+        "eval_s_per_episode": eval_s / batch,
+        "train_cpu_s_per_episode": train_cpu_s / batch,
+        "eval_cpu_s_per_episode": eval_cpu_s / batch,
+        "timed_episodes": timed_updates * batch,
+        "warmup_s": train_warmup_s + eval_warmup_s,  # includes compilation with compile=True
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if device.type == "cuda":
+        row["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+
+    single = lambda: sampler.sample(1)  # noqa: E731
+
+    def naive_train() -> None:
+        loss, _ = naive_loss(meta_learner, learner, single(), shape.inner_steps)
+        meta_update(meta_learner, optimizer, loss, 0.25)
+
+    def naive_eval() -> None:
+        with torch.no_grad():
+            naive_loss(meta_learner, learner, single(), shape.inner_steps)
+
+    _, naive_train_s, naive_train_cpu_s = seconds_per_call(naive_train, device, 1, settings.naive_episodes)
+    _, naive_eval_s, _ = seconds_per_call(naive_eval, device, 1, settings.naive_episodes)
+    row["naive_train_episodes_per_s"] = 1 / naive_train_s
+    row["naive_eval_episodes_per_s"] = 1 / naive_eval_s
+    row["speedup_vs_naive"] = naive_train_s / row["train_s_per_episode"]
+    row["eval_speedup_vs_naive"] = naive_eval_s / row["eval_s_per_episode"]
+    row["cpu_speedup_vs_naive"] = naive_train_cpu_s / row["train_cpu_s_per_episode"]
+
+    n_support, n_query = shape.n_way * shape.k_shot, shape.n_way * shape.n_query
+    train_flops = learner_flops_per_episode(learner, n_support, n_query, shape.inner_steps, train=True)
+    eval_flops = learner_flops_per_episode(learner, n_support, n_query, shape.inner_steps, train=False)
+    meta_flops = meta_learner_flops_per_episode(learner.n_params, meta_learner.hidden_size, shape.inner_steps, train=True)
+    rate = settings.matmul_flops_per_s or matmul_flops_per_s(device)
+    row.update({
+        "learner_params": learner.n_params,
+        "learner_gflop_per_train_episode": train_flops / 1e9,
+        "learner_gflop_per_eval_episode": eval_flops / 1e9,
+        "meta_learner_matmul_gflop_per_train_episode": meta_flops / 1e9,
+        "matmul_gflop_per_s": rate / 1e9,
+        "train_learner_gflop_per_s": train_flops * row["train_episodes_per_s"] / 1e9,
+        "flop_fraction": train_flops * row["train_episodes_per_s"] / rate,
+        "flop_fraction_with_meta_learner": (train_flops + meta_flops) * row["train_episodes_per_s"] / rate,
+        "eval_flop_fraction": eval_flops * row["eval_episodes_per_s"] / rate,
+    })
+    if shape.reference_s_per_episode is not None:
+        row["reference_train_s_per_episode"] = shape.reference_s_per_episode
+        row["speedup_vs_reference"] = shape.reference_s_per_episode / row["train_s_per_episode"]
+    row["load_average_1min"] = os.getloadavg()[0]  # other processes on the machine during the run
+    return row
+
+
+def environment() -> dict:
+    """What the numbers depend on: versions, threads, CPU count."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def profile_meta_update(shape: BenchmarkShape, meta_batch: int, device: str = "cpu", row_limit: int = 15) -> tuple[dict, str]:
+    """``torch.profiler`` of one meta-update (after one warm-up update): a summary and the top-ops table.
+
+    The summary splits the wall time into the meta-learner (its forward and
+    hand-written backward, :class:`~fewshot_l2l.meta_learner.FirstOrderMetaStep`)
+    and everything else (the learner's forward/backward, sampling, Adam).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    tune_cpu_allocator()
+    device = torch.device(device)
+    learner = ConvLearner(LearnerConfig(shape.in_channels, shape.image_size, shape.n_way, shape.hidden_channels))
+    meta_learner = MetaLearner(learner.init_params()).to(device)
+    optimizer = torch.optim.Adam(meta_learner.parameters(), lr=1e-3)
+    sampler = EpisodeSampler(synthetic_split(shape, device), shape.n_way, shape.k_shot, shape.n_query)
+
+    def update() -> None:
+        result = run_episodes(meta_learner, learner, sampler.sample(meta_batch), shape.inner_steps)
+        meta_update(meta_learner, optimizer, result.loss, 0.25)
+
+    update()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        update()
+        synchronize(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    meta_us = sum(e.cpu_time_total for e in events if e.key in ("FirstOrderMetaStep", "FirstOrderMetaStepBackward"))
+    total_us = sum(e.self_cpu_time_total for e in events)
+    summary = {
+        "config": shape.name, "meta_batch": meta_batch, "profiled_wall_s": wall,
+        "meta_learner_fraction": meta_us / total_us if total_us else float("nan"),
+    }
+    return summary, events.table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+TABLE_COLUMNS = (
+    ("config", "config", "{}"),
+    ("meta_batch", "meta-batch", "{}"),
+    ("train_s_per_episode", "train s/episode", "{:.3f}"),
+    ("eval_s_per_episode", "eval s/episode", "{:.3f}"),
+    ("naive_train_episodes_per_s", "naive train s/episode", None),
+    ("speedup_vs_naive", "train speedup vs naive", "{:.2f}x"),
+    ("eval_speedup_vs_naive", "eval speedup vs naive", "{:.2f}x"),
+    ("speedup_vs_reference", "train speedup vs reference", "{:.2f}x"),
+    ("peak_rss_mb", "peak RSS MiB", "{:.0f}"),
+    ("flop_fraction", "learner FLOP fraction", "{:.3f}"),
+    ("flop_fraction_with_meta_learner", "+ meta-learner matmuls", "{:.3f}"),
+)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table of benchmark rows (``naive train s/episode`` is ``1 / naive_train_episodes_per_s``)."""
+    lines = ["| " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _, fmt in TABLE_COLUMNS:
+            value = row.get(key)
+            if value is None:
+                cells.append("")
+            elif fmt is None:
+                cells.append(f"{1 / value:.3f}")
+            else:
+                cells.append(fmt.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

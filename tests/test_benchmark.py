@@ -1,0 +1,73 @@
+"""The benchmark's naive reference computes what the fast path computes; its rows carry the promised keys."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fewshot_l2l.adaptation import run_episodes
+from fewshot_l2l.benchmarking import (
+    SHAPES, BenchmarkSettings, benchmark_configuration, learner_flops_per_episode, markdown_table, naive_loss,
+    synthetic_split,
+)
+from fewshot_l2l.episodes import EpisodeSampler
+from fewshot_l2l.learner import ConvLearner, LearnerConfig
+from fewshot_l2l.meta_learner import MetaLearner
+
+TINY = replace(SHAPES["omniglot-5w1s"], name="tiny", image_size=16, hidden_channels=3, n_way=3, k_shot=2, n_query=2,
+               inner_steps=3, reference_s_per_episode=None)
+
+
+def test_naive_implementation_matches_the_fast_one():
+    learner = ConvLearner(LearnerConfig(1, 16, 3, hidden_channels=3))
+    meta = MetaLearner(learner.init_params(torch.Generator().manual_seed(0)), hidden_size=4).double()
+    with torch.no_grad():  # large meta-weights so that the inner loop changes the learner a lot
+        meta.cell.bias_input.fill_(-1.0)
+        meta.lstm.weight_ih.uniform_(-0.5, 0.5)
+    split = synthetic_split(TINY, "cpu", n_classes=6)
+    episode = EpisodeSampler(split, 3, 2, 2, seed=1).sample(2)
+    for name in ("support_x", "query_x"):
+        setattr(episode, name, getattr(episode, name).double())
+
+    fast = run_episodes(meta, learner, episode, inner_steps=3)
+    fast.loss.backward()
+    fast_grads = [p.grad.clone() for p in meta.parameters()]
+    meta.zero_grad()
+    naive_meta_loss, naive_accuracy = naive_loss(meta, learner, episode, inner_steps=3)
+    naive_meta_loss.backward()
+
+    assert naive_meta_loss.item() == pytest.approx(fast.loss.item(), rel=1e-10)
+    assert torch.equal(naive_accuracy, fast.accuracy)
+    for fast_grad, param in zip(fast_grads, meta.parameters()):
+        assert torch.allclose(param.grad, fast_grad, rtol=1e-8, atol=1e-12)
+    assert fast_grads[0].abs().max() > 0
+
+
+def test_learner_flops_match_the_analytic_count():
+    config = LearnerConfig(1, 16, 3, hidden_channels=2)
+    learner = ConvLearner(config)
+    # Forward: 2 x multiply-accumulates of each 3x3 convolution (sides 16, 8, 4, 2) and of the head.
+    conv = [2 * side * side * 2 * c_in * 9 for side, c_in in ((16, 1), (8, 2), (4, 2), (2, 2))]
+    head = 2 * learner.feature_dim * 3
+    forward = sum(conv) + head
+    # Backward: input and weight gradients (2x forward), except the first convolution's input gradient.
+    forward_backward = 3 * forward - conv[0]
+    n_support, n_query, steps = 6, 9, 4
+    train = learner_flops_per_episode(learner, n_support, n_query, steps, train=True)
+    evaluation = learner_flops_per_episode(learner, n_support, n_query, steps, train=False)
+    assert train == steps * n_support * forward_backward + n_query * forward_backward
+    assert evaluation == steps * n_support * forward_backward + n_query * forward
+
+
+def test_benchmark_row_has_the_issue_keys():
+    row = benchmark_configuration(TINY, BenchmarkSettings(meta_batch=2, min_timed_episodes=2, naive_episodes=1))
+    for key in ("config", "meta_batch", "train_episodes_per_s", "eval_episodes_per_s", "peak_rss_mb",
+                "speedup_vs_naive", "flop_fraction", "naive_train_episodes_per_s", "matmul_gflop_per_s"):
+        assert key in row, key
+    assert row["config"] == "tiny" and row["meta_batch"] == 2 and row["timed_episodes"] == 2
+    for key in ("train_episodes_per_s", "eval_episodes_per_s", "peak_rss_mb", "speedup_vs_naive", "flop_fraction"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["flop_fraction"] < row["flop_fraction_with_meta_learner"]
+    table = markdown_table([row])
+    assert table.count("\n") == 2 and "| tiny | 2 |" in table
