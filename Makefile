@@ -40,7 +40,7 @@ clean:
 
 # Learned optimizers (README.md, "Learned optimizers"): meta-train the Andrychowicz LSTM rule on random
 # quadratics and on the glyph MLP, then compare with tuned SGD / Nesterov / RMSprop / Adam on 100 held-out
-# problems at the trained horizon (100) and at 2x (200). About 30 minutes of CPU in all.
+# problems at the trained horizon (100) and at 2x (200). About an hour on 2 shared CPU cores.
 BENCH_OPT_DIR ?= runs/bench-optimizer
 MLP_TRAIN_ARGS ?= --iterations 80 --lr 5e-3 --val-every 20 --device cpu
 MLP_EVAL_ARGS ?= --n-tune 20 --lr-grid 0.001 0.001778 0.003162 0.005623 0.01 0.01778 0.03162 0.05623 0.1 0.1778 0.3162 0.5623 1 1.778 3.162 5.623 10

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES))
     parser.add_argument("--plot", default=None, help="PNG path (default: next to the checkpoint, <name>_h<horizon>.png)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tuning and test problems")
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args(argv)
 

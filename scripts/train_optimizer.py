@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from fewshot_l2l.optimizees import PROBLEMS, make_problems
 from fewshot_l2l.optimizer_evaluation import compare
 from fewshot_l2l.optimizer_training import OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
 from fewshot_l2l.update_rules import RULES
+from fewshot_l2l.utils import resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, argparse.Namespace]:
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
     summary = train_optimizer(config)
     if args.n_test > 0:
-        rule, _, _ = load_rule_checkpoint(summary["best"], config.device if config.device != "auto" else "cpu")
-        device = next(rule.parameters()).device
+        device = resolve_device(config.device)
+        rule, _, _ = load_rule_checkpoint(summary["best"], device)
         comparison = compare(rule, make_problems(config.problem, device), config.horizon, n_test=args.n_test,
                              n_tune=args.n_test, seed=config.seed)
         print(comparison.table())

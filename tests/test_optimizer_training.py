@@ -205,3 +205,18 @@ def test_chunked_step_equals_one_call(rule):
     assert torch.allclose(whole, chunked, atol=1e-6)  # matmul blocking may change the last bit
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_state, chunked_state))
     assert type(chunked_state) is type(whole_state)
+
+
+def test_mlp_meta_training_runs_end_to_end(tmp_path, monkeypatch):
+    import fewshot_l2l.optimizer_training as optimizer_training
+    from fewshot_l2l.optimizees import MLPProblems
+
+    tiny = MLPProblems(hidden=4, batch_size=16, classes={"train": 10, "val": 10, "test": 10}, images_per_class=3, image_size=8)
+    monkeypatch.setattr(optimizer_training, "make_problems", lambda name, device="cpu": tiny)
+    config = OptimizerTrainConfig(problem="mlp", hidden_size=4, horizon=4, unroll=2, iterations=2, val_every=1, device="cpu",
+                                  out=str(tmp_path / "run"))
+    summary = train_optimizer(config, progress=False)
+    assert summary["iterations"] == 2 and math.isfinite(summary["best_val_sum_loss"])
+    rule, _, _ = load_rule_checkpoint(tmp_path / "run" / "best.pt")
+    comparison = compare(rule, tiny, 4, n_test=3, n_tune=3, lr_grid=(0.1, 1.0), progress=False)
+    assert math.isfinite(comparison.learned_final_loss) and comparison.best_baseline in ("sgd", "nesterov", "rmsprop", "adam")

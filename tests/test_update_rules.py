@@ -111,3 +111,24 @@ def test_build_rule_round_trips_config():
     theta, grad = torch.randn(1, 4), torch.randn(1, 4)
     assert torch.equal(rule(theta, grad, None, rule.initial_state(theta))[0], copy(theta, grad, None, copy.initial_state(theta))[0])
     assert build_rule(MetaLSTMRule(hidden_size=5).config()).meta_learner.hidden_size == 5
+
+
+def test_meta_lstm_rule_from_a_few_shot_checkpoint(tmp_path):
+    from fewshot_l2l.optim import LearnedOptimizer
+    from fewshot_l2l.training import TrainConfig, build_models, checkpoint_state
+    from fewshot_l2l.utils import atomic_torch_save
+
+    config = TrainConfig(n_way=3, hidden_size=4, hidden_channels=2)
+    meta, learner = build_models(config, (1, 16, 16))
+    atomic_torch_save(checkpoint_state(meta, torch.optim.Adam(meta.parameters()), learner, config, {}), tmp_path / "best.pt")
+    rule = MetaLSTMRule.from_checkpoint(tmp_path / "best.pt")
+    assert torch.equal(rule.meta_learner.cell.bias_input, meta.cell.bias_input)
+    model = nn.Linear(3, 2)
+    before = model.weight.detach().clone()
+    optimizer = LearnedOptimizer(model.parameters(), rule)
+    loss = model(torch.ones(4, 3)).pow(2).mean()
+    loss.backward()
+    optimizer.step(loss=loss)
+    # At initialization the gates give sigmoid(f) ~ 1 and a small sigmoid(i): a small step against the gradient.
+    step = model.weight.detach() - before
+    assert (step * model.weight.grad).sum() < 0
