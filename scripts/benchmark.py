@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from fewshot_l2l.benchmarking import (
-    SHAPES, BenchmarkSettings, benchmark_configuration, environment, markdown_table, matmul_flops_per_s,
+    SHAPES, BenchmarkSettings, add_naive_ratios, benchmark_configuration, environment, markdown_table, matmul_flops_per_s,
     profile_meta_update,
 )
 from fewshot_l2l.utils import resolve_device
@@ -67,16 +67,22 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"environment": environment(), "matmul_gflop_per_s": rate / 1e9}), flush=True)
     rows = []
     for shape_name in args.shapes:
+        naive_row = None  # the naive implementation is timed once per shape, in its first configuration
         for meta_batch in args.meta_batches:
             settings = BenchmarkSettings(
                 meta_batch=meta_batch, device=str(device), timed_updates=args.timed_updates,
-                min_timed_episodes=args.min_timed_episodes, naive_episodes=args.naive_episodes,
+                min_timed_episodes=args.min_timed_episodes, naive_episodes=args.naive_episodes if naive_row is None else 0,
                 compile=args.compile, amp=args.amp, matmul_flops_per_s=rate,
             )
             if args.in_process:
                 row = _child(shape_name, settings, args.threads)
             else:
                 row = run_isolated(shape_name, settings, args.threads)
+            if naive_row is None:
+                naive_row = row
+            elif "naive_train_episodes_per_s" in naive_row:
+                add_naive_ratios(row, naive_row)
+                row["naive_timed_in_meta_batch"] = naive_row["meta_batch"]
             print(json.dumps(row), flush=True)
             rows.append(row)
     # The human-readable summary goes to stderr so that stdout stays one JSON object per line.
