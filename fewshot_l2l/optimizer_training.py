@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .optimizees import PROBLEMS, make_problems
 from .optimizer_evaluation import curve_metrics, rule_curve
 from .update_rules import RULES, UpdateRule, build_rule
-from .utils import atomic_torch_save, resolve_device, seed_everything
+from .utils import atomic_torch_save, prepare_run_dir, resolve_device, seed_everything
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
@@ -138,11 +138,7 @@ def validate(rule: UpdateRule, val_problems, horizon: int) -> tuple[float, float
 def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict:
     """Meta-train the rule of ``config`` on its problem distribution; return a summary dict."""
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not config.resume:
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+    out, last_path, best_path = prepare_run_dir(config.out, config.resume)
 
     distribution = make_problems(config.problem, device)
     rule = build_rule_for(config).to(device)

@@ -29,7 +29,7 @@ from .episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
-from .utils import atomic_torch_save, resolve_device, seed_everything, tune_cpu_allocator
+from .utils import atomic_torch_save, prepare_run_dir, resolve_device, seed_everything, tune_cpu_allocator
 
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s")
 
@@ -126,11 +126,7 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time)."""
     tune_cpu_allocator()
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not config.resume:
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+    out, last_path, best_path = prepare_run_dir(config.out, config.resume)
 
     splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)

@@ -49,6 +49,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def prepare_run_dir(out: str | os.PathLike, resume: bool) -> tuple[Path, Path, Path]:
+    """Create the run folder ``out``; return ``(out, out/last.pt, out/best.pt)``.
+
+    Refuses to start over an existing run (its ``last.pt``) unless ``resume`` is set,
+    so that a second command with the same ``--out`` never overwrites results.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if last_path.exists() and not resume:
+        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+    return out, last_path, best_path
+
+
 _ALLOCATOR_TUNED = False
 
 
