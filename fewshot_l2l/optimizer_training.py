@@ -32,12 +32,16 @@ from tqdm.auto import tqdm
 from .optimizees import PROBLEMS, make_problems
 from .optimizer_evaluation import curve_metrics, rule_curve
 from .update_rules import RULES, UpdateRule, build_rule
-from .utils import atomic_torch_save, prepare_run_dir, resolve_device, seed_everything
+from .utils import atomic_torch_save, check_resume_config, prepare_run_dir, resolve_device, seed_everything
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
 PROBLEM_DEFAULTS = {"quadratic": {"meta_batch": 128, "val_problems": 100}, "mlp": {"meta_batch": 1, "val_problems": 10}}
 METRICS_COLUMNS = ("iteration", "train_meta_loss", "val_final_loss", "val_sum_loss", "elapsed_s")
+
+
+# Settings that may differ when a run is resumed; lr too: a resumed run may start a lower-rate phase.
+RESUMABLE_FIELDS = {"iterations", "max_minutes", "lr", "val_every", "device", "out", "resume", "init_from"}
 
 
 @dataclass
@@ -156,7 +160,8 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
             raise ValueError(f"--init-from {config.init_from}: its rule {source.config()} differs from this run's {rule.config()}")
         rule.load_state_dict(source.state_dict())
     if config.resume and last_path.exists():
-        _, _, saved = load_rule_checkpoint(last_path, device)
+        _, saved_config, saved = load_rule_checkpoint(last_path, device)
+        check_resume_config(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, last_path)
         rule.load_state_dict(saved["rule"])
         meta_optimizer.load_state_dict(saved["optimizer"])
         for group in meta_optimizer.param_groups:  # a resumed run may lower the meta-learning rate (a second phase)

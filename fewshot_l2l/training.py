@@ -29,9 +29,14 @@ from .episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
-from .utils import atomic_torch_save, prepare_run_dir, resolve_device, seed_everything, tune_cpu_allocator
+from .utils import atomic_torch_save, check_resume_config, prepare_run_dir, resolve_device, seed_everything, tune_cpu_allocator
 
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s")
+
+
+# Settings that may differ when a run is resumed: budgets, intervals, where it runs and how fast.
+RESUMABLE_FIELDS = {"episodes", "max_minutes", "val_every", "val_episodes", "device", "data", "out", "resume",
+                    "compile", "amp"}
 
 
 @dataclass
@@ -140,7 +145,8 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     state = {"update": 0, "episodes": 0, "best_val_acc": -1.0, "elapsed_s": 0.0}
 
     if config.resume and last_path.exists():
-        _, _, _, checkpoint = load_checkpoint(last_path, device)
+        _, _, saved_config, checkpoint = load_checkpoint(last_path, device)
+        check_resume_config(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, last_path)
         meta_learner.load_state_dict(checkpoint["meta_learner"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["progress"]["state"]

@@ -107,6 +107,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
                     progress=False)  # a second phase with a lower meta-learning rate
     _, _, saved = load_rule_checkpoint(tmp_path / "cut" / "last.pt")
     assert saved["optimizer"]["param_groups"][0]["lr"] == 1e-3 and saved["progress"]["iteration"] == 5
+    # A longer horizon would make validation incomparable with the stored best score: refused.
+    with pytest.raises(ValueError, match=r"horizon: 10 -> 20"):
+        train_optimizer(OptimizerTrainConfig(iterations=6, out=str(tmp_path / "cut"), resume=True,
+                                             **{**values, "horizon": 20}), progress=False)
 
 
 def test_init_from_starts_at_another_runs_weights(tmp_path):
