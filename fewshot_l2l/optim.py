@@ -88,7 +88,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 fresh = self.rule.initial_state(param.detach().reshape(1, -1))
                 self.state[param].update({name: value[0] for name, value in zip(fresh._fields, fresh)})
                 self.state[param]["step"] = torch.zeros((), dtype=torch.float32)
-        fields = [name for name in self.state[first] if name != "step"]
+        # The rule's own field order (not the stored dicts' key order): fields of equal shape must not swap.
+        fields = self.rule.initial_state(first.detach().new_zeros(1, 0))._fields
 
         theta = torch.cat([param.detach().reshape(-1) for param in params])[None]
         grad = torch.cat([param.grad.reshape(-1) for param in params])[None]

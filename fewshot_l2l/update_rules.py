@@ -91,7 +91,13 @@ class MetaLSTMRule(UpdateRule):
         from .training import load_checkpoint  # training imports the data pipeline: only load it when needed
 
         meta_learner, _, _, _ = load_checkpoint(path, device)
-        return cls(meta_learner)
+        rule = cls(hidden_size=meta_learner.hidden_size).to(device)
+        # The learner initialization theta_0 plays no part in the rule: leave it behind, so that the
+        # rule's state_dict matches build_rule(rule.config()) and stays small.
+        weights = meta_learner.state_dict()
+        weights["theta_init"] = rule.meta_learner.theta_init.detach()
+        rule.meta_learner.load_state_dict(weights)
+        return rule
 
     def initial_state(self, theta: Tensor) -> MetaLSTMState:
         return self.meta_learner.initial_state(theta)

@@ -176,6 +176,40 @@ def test_comparison_ratios():
     assert "| learned |" in comparison.table()
 
 
+
+def test_baselines_are_tuned_on_tune_problems_and_scored_on_test_problems(monkeypatch):
+    import fewshot_l2l.optimizer_evaluation as evaluation
+
+    distribution, split_of = QuadraticProblems(), {}
+    sample = distribution.sample
+
+    def recording_sample(n, seed, split):
+        problems = sample(n, seed, split=split)
+        split_of[id(problems)] = split
+        return problems
+
+    monkeypatch.setattr(distribution, "sample", recording_sample)
+    calls = []  # (who, split of the problems it ran on)
+    tune, curve, learned = evaluation.tune_baseline, evaluation.baseline_curve, evaluation.rule_curve
+
+    def recording_tune(name, problems, *args):
+        calls.append(("tune", split_of[id(problems)]))
+        return tune(name, problems, *args)
+
+    def recording_curve(name, lr, problems, *args):
+        if calls[-1][0] != "tune" or split_of[id(problems)] != "tune":  # not the grid search itself
+            calls.append(("score", split_of[id(problems)]))
+        return curve(name, lr, problems, *args)
+
+    monkeypatch.setattr(evaluation, "tune_baseline", recording_tune)
+    monkeypatch.setattr(evaluation, "baseline_curve", recording_curve)
+    monkeypatch.setattr(evaluation, "rule_curve", lambda rule, problems, *a: calls.append(("learned", split_of[id(problems)])) or learned(rule, problems, *a))
+    compare(AndrychowiczRule(hidden_size=4), distribution, 5, n_test=3, n_tune=3, lr_grid=(1e-2, 1e-1), progress=False)
+    assert {split for who, split in calls if who == "tune"} == {"tune"}
+    assert {split for who, split in calls if who in ("score", "learned")} == {"test"}
+    assert sum(who == "score" for who, _ in calls) >= 4 and ("learned", "test") in calls
+
+
 def run_script(name, args, monkeypatch, capsys):
     """Run scripts/<name> in this process (as ``python scripts/<name> args``) and return its stdout."""
     monkeypatch.setattr(sys, "argv", [name, *args])

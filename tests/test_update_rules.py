@@ -123,6 +123,10 @@ def test_meta_lstm_rule_from_a_few_shot_checkpoint(tmp_path):
     atomic_torch_save(checkpoint_state(meta, torch.optim.Adam(meta.parameters()), learner, config, {}), tmp_path / "best.pt")
     rule = MetaLSTMRule.from_checkpoint(tmp_path / "best.pt")
     assert torch.equal(rule.meta_learner.cell.bias_input, meta.cell.bias_input)
+    assert rule.meta_learner.theta_init.numel() == 0  # the learner's theta_0 is not part of the rule
+    rebuilt = build_rule(rule.config())
+    rebuilt.load_state_dict(rule.state_dict())
+    assert torch.equal(rebuilt.meta_learner.lstm.weight_ih, meta.lstm.weight_ih)
     model = nn.Linear(3, 2)
     before = model.weight.detach().clone()
     optimizer = LearnedOptimizer(model.parameters(), rule)
