@@ -60,8 +60,8 @@ class _SplitHasher:
         self.name = name
 
     def update(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
-        self.labels.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+        self.images.update(np.ascontiguousarray(images, dtype=np.uint8))  # hashed in place, no copy
+        self.labels.update(np.ascontiguousarray(labels, dtype="<i8"))
 
 
 def _combine(total: "hashlib._Hash", name: str, images_digest: bytes, labels_digest: bytes, class_names: list[str]) -> None:

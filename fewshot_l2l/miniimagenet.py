@@ -151,21 +151,32 @@ def _pickle_classes(root: Path, split: str, image_size: int) -> list[ClassLoader
     return [(name, len(class_dict[name]), loader(list(class_dict[name]))) for name in sorted(class_dict)]
 
 
+# layout -> (the paths that make it up, relative to the source folder; how to list its classes)
 LAYOUTS = {
-    "csv": (lambda root: all((root / f"{s}.csv").is_file() for s in SPLIT_NAMES), _csv_classes),
-    "class-folders": (lambda root: all((root / s).is_dir() for s in SPLIT_NAMES), _folder_classes),
-    "pickle": (lambda root: all((root / PICKLE_NAME.format(split=s)).is_file() for s in SPLIT_NAMES), _pickle_classes),
+    "csv": ([f"{s}.csv" for s in SPLIT_NAMES], _csv_classes),
+    "class-folders": ([f"{s}/" for s in SPLIT_NAMES], _folder_classes),
+    "pickle": ([PICKLE_NAME.format(split=s) for s in SPLIT_NAMES], _pickle_classes),
 }
 
 
 def detect_layout(root: str | Path) -> str:
-    """Which of the three layouts ``root`` holds (``csv``, ``class-folders`` or ``pickle``)."""
+    """Which of the three layouts ``root`` holds (``csv``, ``class-folders`` or ``pickle``).
+
+    A layout with only some of its files (say two of the three pickles) is named
+    in the error with the files that are missing.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"miniimagenet: source folder {root} does not exist")
-    for name, (present, _) in LAYOUTS.items():
-        if present(root):
+    partial = []
+    for name, (paths, _) in LAYOUTS.items():
+        missing = [path for path in paths if not ((root / path).is_dir() if path.endswith("/") else (root / path).is_file())]
+        if not missing:
             return name
+        if len(missing) < len(paths):
+            partial.append(f"the {name} layout is missing {', '.join(str(root / path) for path in missing)}")
+    if partial:
+        raise FileNotFoundError(f"miniimagenet: {root} is incomplete: {'; '.join(partial)}")
     raise FileNotFoundError(
         f"miniimagenet: {root} holds none of the layouts: (a) train.csv, val.csv, test.csv + images/, "
         f"(b) train/, val/, test/ class folders, (c) {', '.join(PICKLE_NAME.format(split=s) for s in SPLIT_NAMES)}"

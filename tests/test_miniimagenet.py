@@ -176,6 +176,9 @@ def test_bad_inputs_give_clear_errors_and_leave_nothing(layouts, tmp_path):
         build_miniimagenet(pickles, out, progress=False)
     with pytest.raises(FileNotFoundError, match="holds none of the layouts"):
         build_miniimagenet(tmp_path / "out", out, progress=False)
+    (pickles / "mini-imagenet-cache-test.pkl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"pickle layout is missing .*mini-imagenet-cache-test\.pkl"):
+        build_miniimagenet(pickles, out, progress=False)
     _assert_nothing_written(out_dir)
     with pytest.raises(ValueError, match="unreadable image"):
         load_image(bad / "images" / victim_name, 84)
