@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
-from .episodes import FewShotSplit
+from .episodes import FewShotSplit, add_rotated_classes
 from .glyphs import make_glyph_splits
+from .hdf5_dataset import HDF5Splits
 
-DATASETS = ("glyphs",)
+DATASETS = ("glyphs", "omniglot", "miniimagenet")
+FILE_DATASETS = ("omniglot", "miniimagenet")
+ROTATE_CHOICES = ("auto", "none", "train", "all")
 
 
-def load_splits(dataset: str, data: str | None = None, seed: int = 0) -> dict[str, FewShotSplit]:
+def load_splits(dataset: str, data: str | None = None, seed: int = 0, rotate: str = "auto") -> dict[str, FewShotSplit]:
     """All splits (``train``/``val``/``test``) of ``dataset``, on the CPU.
 
     Args:
-        dataset: ``"glyphs"`` (embedded, generated; ``data`` must be ``None``).
+        dataset: ``"glyphs"`` (embedded, generated; ``data`` must be ``None``), or
+            ``"omniglot"`` / ``"miniimagenet"`` read from the HDF5 file ``data``
+            built by ``scripts/prepare_data.py``.
         data: path of the dataset file, for datasets that live on disk.
         seed: generation seed of the embedded dataset.
+        rotate: which splits get their classes rotated by 90/180/270 degrees as
+            extra classes: ``"auto"`` (the protocol stored in the file: for
+            Omniglot, the train split of an alphabet-disjoint partial build, all
+            splits of the full Vinyals-style build; none for the others),
+            ``"none"``, ``"train"`` or ``"all"``.
     """
+    if rotate not in ROTATE_CHOICES:
+        raise ValueError(f"load_splits: rotate must be one of {', '.join(ROTATE_CHOICES)}, got {rotate!r}")
     if dataset == "glyphs":
         if data is not None:
             raise ValueError("load_splits: the embedded 'glyphs' dataset is generated, it takes no --data file")
-        return make_glyph_splits(seed=seed)
-    raise ValueError(f"load_splits: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        splits, auto_rotated = make_glyph_splits(seed=seed), []
+    elif dataset in FILE_DATASETS:
+        if data is None:
+            raise ValueError(f"load_splits: dataset {dataset!r} needs --data FILE.h5 (build it with scripts/prepare_data.py {dataset})")
+        source = HDF5Splits(data)
+        if source.dataset != dataset:
+            raise ValueError(f"load_splits: {data} holds dataset {source.dataset!r}, not {dataset!r}")
+        splits, auto_rotated = source.load(), source.rotated_splits
+        source.close()
+    else:
+        raise ValueError(f"load_splits: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    rotated = {"auto": auto_rotated, "none": [], "train": ["train"], "all": list(splits)}[rotate]
+    return {name: add_rotated_classes(split) if name in rotated else split for name, split in splits.items()}

@@ -52,7 +52,8 @@ class FewShotSplit:
         position = torch.arange(len(order)) - starts[self.labels.cpu()[order]]
         members = torch.full((n_classes, max_size), -1, dtype=torch.int64)
         members[self.labels.cpu()[order], position] = order
-        self.class_members = members.to(self.images.device)
+        # Kept on the CPU with the sampler's generator: on a GPU only the final index tensor is copied.
+        self.class_members = members
 
     @property
     def n_classes(self) -> int:
@@ -66,6 +67,26 @@ class FewShotSplit:
     def to(self, device: torch.device | str) -> "FewShotSplit":
         """The same split with its tensors on ``device``."""
         return FewShotSplit(self.images.to(device), self.labels.to(device), list(self.class_names), self.name)
+
+
+def add_rotated_classes(split: FewShotSplit, quarter_turns: tuple[int, ...] = (1, 2, 3)) -> FewShotSplit:
+    """``split`` plus, for each ``k`` in ``quarter_turns``, every class rotated by ``k * 90`` degrees as a new class.
+
+    The class augmentation of Omniglot (Santoro et al. 2016; Vinyals et al. 2016):
+    a rotated character is a different character. Rotated class ``c`` of turn
+    ``k`` (the ``j``-th in ``quarter_turns``) gets label ``c + (j + 1) * n_classes``
+    and name ``"<name>@rot<90k>"``. Built once with ``torch.rot90`` on the uint8
+    tensor, on the split's device.
+    """
+    if split.images.shape[2] != split.images.shape[3]:
+        raise ValueError(f"add_rotated_classes: split {split.name!r} has non-square images {tuple(split.images.shape[2:])}")
+    if any(k % 4 == 0 for k in quarter_turns) or len(set(k % 4 for k in quarter_turns)) != len(quarter_turns):
+        raise ValueError(f"add_rotated_classes: quarter_turns must be distinct and not multiples of 4, got {quarter_turns}")
+    n = split.n_classes
+    images = torch.cat([split.images] + [torch.rot90(split.images, k, dims=(2, 3)) for k in quarter_turns])
+    labels = torch.cat([split.labels] + [split.labels + (j + 1) * n for j in range(len(quarter_turns))])
+    names = list(split.class_names) + [f"{c}@rot{90 * (k % 4)}" for k in quarter_turns for c in split.class_names]
+    return FewShotSplit(images, labels, names, name=split.name)
 
 
 @dataclass
@@ -122,7 +143,7 @@ class EpisodeSampler:
         n_way, per_class = self.n_way, self.k_shot + self.n_query
         # Random keys drawn on the CPU generator keep results identical across devices.
         classes = torch.rand(n_episodes, split.n_classes, generator=gen).argsort(dim=1)[:, :n_way]
-        members = split.class_members.cpu()[classes]  # [B, n_way, max_size]
+        members = split.class_members[classes]  # [B, n_way, max_size], on the CPU
         keys = torch.rand(members.shape, generator=gen).masked_fill_(members < 0, 2.0)
         picked = members.gather(2, keys.argsort(dim=2)[:, :, :per_class])  # [B, n_way, K+Q]
         picked = picked.to(split.images.device)

@@ -76,8 +76,8 @@ def evaluate(
                 meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp
             )
             accuracies.extend(result.accuracy.tolist())
+            bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}", refresh=False)
             bar.update(episode.n_episodes)
-            bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}")
     bar.close()
     mean, ci95 = mean_ci95(accuracies)
     return EvalResult(mean, ci95, n_episodes, accuracies)

@@ -24,14 +24,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .adaptation import default_inner_steps, run_episodes
-from .data import load_splits
+from .data import ROTATE_CHOICES, load_splits
 from .episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
-from .utils import atomic_torch_save, resolve_device, seed_everything, tune_cpu_allocator
+from .utils import atomic_torch_save, check_resume_config, prepare_run_dir, resolve_device, seed_everything, tune_cpu_allocator
 
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s")
+
+
+# Settings that may differ when a run is resumed: budgets, intervals, where it runs and how fast.
+RESUMABLE_FIELDS = {"episodes", "max_minutes", "val_every", "val_episodes", "device", "data", "out", "resume",
+                    "compile", "amp"}
 
 
 @dataclass
@@ -40,6 +45,7 @@ class TrainConfig:
 
     dataset: str = "glyphs"
     data: str | None = None
+    rotate: str = "auto"  # splits whose classes get 90/180/270-degree rotated copies (data.load_splits)
     n_way: int = 5
     k_shot: int = 1
     n_query: int = 15
@@ -69,6 +75,8 @@ class TrainConfig:
         for name in ("n_way", "k_shot", "n_query", "inner_steps", "meta_batch", "episodes", "val_every", "val_episodes", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.rotate not in ROTATE_CHOICES:
+            raise ValueError(f"TrainConfig: rotate must be one of {ROTATE_CHOICES}, got {self.rotate!r}")
         if self.query_bn not in QUERY_BN_MODES:
             raise ValueError(f"TrainConfig: query_bn must be one of {QUERY_BN_MODES}, got {self.query_bn!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -123,13 +131,9 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time)."""
     tune_cpu_allocator()
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not config.resume:
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+    out, last_path, best_path = prepare_run_dir(config.out, config.resume)
 
-    splits = load_splits(config.dataset, config.data, seed=config.seed)
+    splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)
     meta_learner, learner = build_models(config, train_split.image_shape)
     meta_learner.to(device)
@@ -141,7 +145,8 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     state = {"update": 0, "episodes": 0, "best_val_acc": -1.0, "elapsed_s": 0.0}
 
     if config.resume and last_path.exists():
-        _, _, _, checkpoint = load_checkpoint(last_path, device)
+        _, _, saved_config, checkpoint = load_checkpoint(last_path, device)
+        check_resume_config(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, last_path)
         meta_learner.load_state_dict(checkpoint["meta_learner"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["progress"]["state"]
@@ -174,8 +179,9 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
         interval_loss += result.loss.item()
         interval_acc += result.accuracy.mean().item()
         interval_count += 1
+        # One redraw per update: the postfix is set without refreshing, then update() draws.
+        bar.set_postfix(loss=f"{interval_loss / interval_count:.3f}", acc=f"{interval_acc / interval_count:.3f}", refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{interval_loss / interval_count:.3f}", acc=f"{interval_acc / interval_count:.3f}")
 
         out_of_time = config.max_minutes is not None and time.time() - start >= 60 * config.max_minutes
         if state["update"] % val_every_updates == 0 or state["update"] == n_updates or out_of_time:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = resolve_device(args.device)
     meta_learner, learner, config, _ = load_checkpoint(args.checkpoint, device)
-    splits = load_splits(config.dataset, args.data or config.data, seed=config.seed)
+    splits = load_splits(config.dataset, args.data or config.data, seed=config.seed, rotate=config.rotate)
     split = splits[args.split].to(device)
     result = evaluate(
         meta_learner, learner, split, config.n_way,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fewshot_l2l.data import DATASETS
+from fewshot_l2l.data import DATASETS, ROTATE_CHOICES
 from fewshot_l2l.learner import QUERY_BN_MODES
 from fewshot_l2l.training import TrainConfig, meta_train
 
@@ -15,7 +15,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset", default=defaults.dataset, choices=DATASETS)
-    parser.add_argument("--data", default=None, help="dataset file (HDF5) for datasets stored on disk")
+    parser.add_argument("--data", default=None, help="dataset file (HDF5, scripts/prepare_data.py) for omniglot/miniimagenet")
+    parser.add_argument("--rotate", default=defaults.rotate, choices=ROTATE_CHOICES,
+                        help="splits whose classes get 90/180/270-degree rotated copies as extra classes "
+                             "(auto: the file's protocol, e.g. train only for alphabet-disjoint Omniglot)")
     parser.add_argument("--n-way", type=int, default=defaults.n_way)
     parser.add_argument("--k-shot", type=int, default=defaults.k_shot)
     parser.add_argument("--n-query", type=int, default=defaults.n_query, help="query images per class")

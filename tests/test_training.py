@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tiny_data(monkeypatch, tiny_splits):
-    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0: tiny_splits)
+    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
     return tiny_splits
 
 
@@ -92,6 +92,10 @@ def test_meta_train_writes_checkpoints_and_metrics_and_resumes(tiny_data, tmp_pa
     longer = tiny_config(tmp_path, episodes=12, resume=True)
     assert meta_train(longer, progress=False)["episodes"] == 12
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 3
+
+    # Resuming under settings that change the experiment is refused, naming the setting.
+    with pytest.raises(ValueError, match=r"n_query: 2 -> 3.*new --out"):
+        meta_train(tiny_config(tmp_path, episodes=16, n_query=3, resume=True), progress=False)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):

@@ -1,0 +1,184 @@
+"""Coordinatewise learned update rules, each one functional and differentiable.
+
+An update rule maps, for a batch of ``B`` problems with ``P`` coordinates each,
+``(theta [B, P], grad [B, P], loss [B], state) -> (theta_next [B, P], state)``.
+Every tensor of ``state`` has leading shape ``[B, P]``, so one coordinate's
+recurrent state is one row: the :class:`fewshot_l2l.optim.LearnedOptimizer`
+stores it per parameter and concatenates it back for a vectorized step, and
+meta-training (:mod:`fewshot_l2l.optimizer_training`) backpropagates through
+the very same :meth:`UpdateRule.forward`. There is one implementation of each
+rule:
+
+1. :class:`MetaLSTMRule` - the Meta-LSTM of Ravi & Larochelle; it wraps
+   :class:`fewshot_l2l.meta_learner.MetaLearner`, whose forward already is the
+   step ``theta_t = sigmoid(f_t) theta_{t-1} - sigmoid(i_t) grad_t``.
+2. :class:`AndrychowiczRule` - the optimizer of Andrychowicz et al. (NIPS 2016):
+   a two-layer coordinatewise LSTM (20 units per layer) over the preprocessed
+   gradient (p = 10), a learned linear output times an output scale (0.1),
+   ``theta_t = theta_{t-1} + 0.1 * W h2_t + b``; weights shared by all coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .meta_learner import CoordinateLSTMCell, MetaLearner, MetaLSTMState
+from .preprocess import preprocess
+
+RULES = ("andrychowicz", "meta-lstm")
+
+
+def _check_step_inputs(owner: str, theta: Tensor, grad: Tensor, loss: Tensor | None) -> None:
+    if theta.dim() != 2 or grad.shape != theta.shape:
+        raise ValueError(f"{owner}: theta and grad must both be [B, P]; got {tuple(theta.shape)} and {tuple(grad.shape)}")
+    if loss is not None and loss.shape != theta.shape[:1]:
+        raise ValueError(f"{owner}: loss must be [B]={tuple(theta.shape[:1])}, got {tuple(loss.shape)}")
+
+
+class UpdateRule(nn.Module):
+    """Base class of coordinatewise update rules (see the module docstring for the contract).
+
+    Subclasses define :meth:`initial_state` and :meth:`forward`, and set
+    ``needs_loss`` when the loss is an input of the rule.
+    """
+
+    needs_loss: bool = False
+    kind: str = ""
+
+    def initial_state(self, theta: Tensor) -> tuple[Tensor, ...]:
+        """Fresh recurrent state for parameters ``theta`` ``[B, P]``: a NamedTuple of tensors with leading shape ``[B, P]``."""
+        raise NotImplementedError
+
+    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One update of every coordinate: returns ``(theta_next, new_state)``."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Constructor arguments, stored in checkpoints so that :func:`build_rule` can rebuild the rule."""
+        raise NotImplementedError
+
+
+class MetaLSTMRule(UpdateRule):
+    """Rule (1): the Meta-LSTM's gates applied as the update (``MetaLearner.forward``).
+
+    The learner-specific initialization ``theta_0`` of the wrapped meta-learner
+    plays no part: here ``theta`` is whatever the optimized parameters are.
+
+    Args:
+        meta_learner: a (trained) meta-learner, e.g. from a few-shot checkpoint
+            (:meth:`from_checkpoint`); a fresh one of ``hidden_size`` units if ``None``.
+        hidden_size: layer-1 units of a fresh meta-learner.
+    """
+
+    needs_loss = True
+    kind = "meta-lstm"
+
+    def __init__(self, meta_learner: MetaLearner | None = None, hidden_size: int = 20) -> None:
+        super().__init__()
+        if meta_learner is None:
+            meta_learner = MetaLearner(torch.zeros(0), hidden_size)
+            meta_learner.theta_init.requires_grad_(False)  # unused here: keep it out of meta-training
+        self.meta_learner = meta_learner
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "MetaLSTMRule":
+        """The rule learned by few-shot meta-training (a checkpoint of :func:`fewshot_l2l.training.meta_train`)."""
+        from .training import load_checkpoint  # training imports the data pipeline: only load it when needed
+
+        meta_learner, _, _, _ = load_checkpoint(path, device)
+        rule = cls(hidden_size=meta_learner.hidden_size).to(device)
+        # The learner initialization theta_0 plays no part in the rule: leave it behind, so that the
+        # rule's state_dict matches build_rule(rule.config()) and stays small.
+        weights = meta_learner.state_dict()
+        weights["theta_init"] = rule.meta_learner.theta_init.detach()
+        rule.meta_learner.load_state_dict(weights)
+        return rule
+
+    def initial_state(self, theta: Tensor) -> MetaLSTMState:
+        return self.meta_learner.initial_state(theta)
+
+    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: MetaLSTMState) -> tuple[Tensor, MetaLSTMState]:
+        if loss is None:
+            raise ValueError("MetaLSTMRule: the Meta-LSTM takes the loss as an input; pass loss [B]")
+        return self.meta_learner(theta, grad, loss, MetaLSTMState(*state))
+
+    def config(self) -> dict:
+        return {"rule": self.kind, "hidden_size": self.meta_learner.hidden_size}
+
+
+class AndrychowiczState(NamedTuple):
+    """Recurrent state of the two LSTM layers, each tensor ``[B, P, hidden]``."""
+
+    h1: Tensor
+    c1: Tensor
+    h2: Tensor
+    c2: Tensor
+
+
+class AndrychowiczRule(UpdateRule):
+    """Rule (2): the coordinatewise two-layer LSTM optimizer of Andrychowicz et al. (2016).
+
+    ``x_t = preprocess(grad_t)`` (2 features, p = 10) -> LSTM(2 -> hidden) ->
+    LSTM(hidden -> hidden) -> linear(hidden -> 1) -> times ``output_scale``;
+    the result is added to ``theta``. Both LSTM layers are standard LSTM cells
+    (the equations of ``nn.LSTMCell``; :class:`CoordinateLSTMCell` computes them
+    with one matmul per layer for all coordinates).
+
+    Args:
+        hidden_size: units per LSTM layer (20 in the paper).
+        p: gradient preprocessing constant (10).
+        output_scale: fixed factor on the linear output (0.1 in the paper).
+    """
+
+    kind = "andrychowicz"
+
+    def __init__(self, hidden_size: int = 20, p: float = 10.0, output_scale: float = 0.1) -> None:
+        super().__init__()
+        if hidden_size < 1:
+            raise ValueError(f"AndrychowiczRule: hidden_size must be >= 1, got {hidden_size}")
+        if p <= 0 or output_scale <= 0:
+            raise ValueError(f"AndrychowiczRule: p and output_scale must be positive, got p={p}, output_scale={output_scale}")
+        self.hidden_size, self.p, self.output_scale = hidden_size, p, output_scale
+        self.layer1 = CoordinateLSTMCell(2, hidden_size)
+        self.layer2 = CoordinateLSTMCell(hidden_size, hidden_size)
+        self.output = nn.Linear(hidden_size, 1)
+        # nn.LSTMCell's default initialization U(-1/sqrt(H), 1/sqrt(H)): CoordinateLSTMCell's
+        # U(-0.01, 0.01) (the Meta-LSTM authors' choice) would make both layers start almost inert.
+        bound = 1.0 / math.sqrt(hidden_size)
+        with torch.no_grad():
+            for layer in (self.layer1, self.layer2):
+                for weight in (layer.weight_ih, layer.weight_hh, layer.bias):
+                    weight.uniform_(-bound, bound)
+
+    def initial_state(self, theta: Tensor) -> AndrychowiczState:
+        zeros = theta.new_zeros(*theta.shape, self.hidden_size)
+        return AndrychowiczState(zeros, zeros, zeros, zeros)
+
+    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: AndrychowiczState) -> tuple[Tensor, AndrychowiczState]:
+        _check_step_inputs("AndrychowiczRule", theta, grad, loss)
+        rows = theta.numel()
+        h1, c1, h2, c2 = (s.reshape(rows, self.hidden_size) for s in state)
+        h1, c1 = self.layer1(preprocess(grad, self.p).reshape(rows, 2), h1, c1)
+        h2, c2 = self.layer2(h1, h2, c2)
+        update = self.output(h2).view(theta.shape) * self.output_scale
+        shape = (*theta.shape, self.hidden_size)
+        return theta + update, AndrychowiczState(h1.view(shape), c1.view(shape), h2.view(shape), c2.view(shape))
+
+    def config(self) -> dict:
+        return {"rule": self.kind, "hidden_size": self.hidden_size, "p": self.p, "output_scale": self.output_scale}
+
+
+def build_rule(config: dict) -> UpdateRule:
+    """A fresh rule from :meth:`UpdateRule.config` output (``{"rule": name, **arguments}``)."""
+    values = dict(config)
+    name = values.pop("rule", None)
+    if name == "andrychowicz":
+        return AndrychowiczRule(**values)
+    if name == "meta-lstm":
+        return MetaLSTMRule(hidden_size=values.get("hidden_size", 20))
+    raise ValueError(f"build_rule: unknown rule {name!r}; choose one of {', '.join(RULES)}")

@@ -1,0 +1,260 @@
+"""Meta-training (truncated BPTT) and the baseline comparison, on tiny problems; the scripts end to end."""
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot_l2l.optimizees import QuadraticProblems
+from fewshot_l2l.optimizer_evaluation import baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
+from fewshot_l2l.optimizer_training import (
+    OptimizerTrainConfig, load_rule_checkpoint, train_optimizer, unrolled_meta_loss,
+)
+from fewshot_l2l.update_rules import AndrychowiczRule, MetaLSTMRule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_meta_gradient_is_the_derivative_with_gradients_held_constant():
+    """First-order truncated BPTT: d/dphi sum_t f(theta_t(phi)), with the gradients fed to the rule fixed."""
+    torch.manual_seed(0)
+    rule = AndrychowiczRule(hidden_size=3).double()
+    problems = QuadraticProblems(dim=4, init_std=1.0).sample(2, seed=0)
+    problems.weight, problems.target, problems.theta0 = problems.weight.double(), problems.target.double(), problems.theta0.double()
+    theta0 = problems.initial_theta()
+    meta_loss, _, _ = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 3)
+    meta_loss.backward()
+
+    # Record the gradients the rule saw, then treat them as constants.
+    grads, theta, state = [], theta0.clone(), rule.initial_state(theta0)
+    for _ in range(3):
+        point = theta.detach().requires_grad_()
+        grads.append(torch.autograd.grad(problems.loss(point, 0).sum(), point)[0])
+        with torch.no_grad():
+            theta, state = rule(theta, grads[-1], None, state)
+
+    def frozen_objective():
+        theta, state, total = theta0.clone(), rule.initial_state(theta0), 0.0
+        with torch.no_grad():
+            for grad in grads:
+                theta, state = rule(theta, grad, None, state)
+                total += problems.loss(theta, 0).mean().item()
+        return total
+
+    eps = 1e-6
+    for param in (rule.output.bias, rule.layer1.weight_ih):
+        with torch.no_grad():
+            param.view(-1)[0] += eps
+            up = frozen_objective()
+            param.view(-1)[0] -= 2 * eps
+            down = frozen_objective()
+            param.view(-1)[0] += eps
+        assert param.grad.view(-1)[0].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8)
+
+
+def test_meta_training_lowers_the_meta_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    rule = AndrychowiczRule(hidden_size=8)
+    problems = QuadraticProblems().sample(16, seed=0)
+    optimizer = torch.optim.Adam(rule.parameters(), lr=2e-2)
+
+    def meta_loss():
+        theta = problems.initial_theta()
+        return unrolled_meta_loss(rule, problems, theta, rule.initial_state(theta), 0, 10)[0]
+
+    first = meta_loss().item()
+    for _ in range(15):
+        optimizer.zero_grad()
+        meta_loss().backward()
+        optimizer.step()
+    assert meta_loss().item() < 0.6 * first
+
+
+def test_train_optimizer_writes_checkpoints_and_learns(tmp_path):
+    config = OptimizerTrainConfig(hidden_size=8, horizon=20, unroll=10, meta_batch=32, iterations=30, lr=1e-2,
+                                  val_every=15, val_problems=32, device="cpu", out=str(tmp_path / "run"))
+    summary = train_optimizer(config, progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"init.pt", "last.pt", "best.pt", "metrics.csv"}
+    assert summary["iterations"] == 30
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3
+    untrained, _, _ = load_rule_checkpoint(run / "init.pt")
+    trained, loaded_config, _ = load_rule_checkpoint(run / "best.pt")
+    assert loaded_config == config
+    val = QuadraticProblems().sample(32, seed=0, split="tune")
+    assert curve_metrics(rule_curve(trained, val, 20))[1] < curve_metrics(rule_curve(untrained, val, 20))[1]
+    with pytest.raises(FileExistsError, match="last.pt exists"):
+        train_optimizer(config, progress=False)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    values = dict(hidden_size=4, horizon=10, unroll=5, meta_batch=8, lr=1e-2, val_every=2, val_problems=8, device="cpu")
+    train_optimizer(OptimizerTrainConfig(iterations=4, out=str(tmp_path / "full"), **values), progress=False)
+    train_optimizer(OptimizerTrainConfig(iterations=2, out=str(tmp_path / "cut"), **values), progress=False)
+    summary = train_optimizer(OptimizerTrainConfig(iterations=4, out=str(tmp_path / "cut"), resume=True, **values), progress=False)
+    assert summary["iterations"] == 4
+    full, _, _ = load_rule_checkpoint(tmp_path / "full" / "last.pt")
+    resumed, _, _ = load_rule_checkpoint(tmp_path / "cut" / "last.pt")
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 3
+    train_optimizer(OptimizerTrainConfig(iterations=5, out=str(tmp_path / "cut"), resume=True, **{**values, "lr": 1e-3}),
+                    progress=False)  # a second phase with a lower meta-learning rate
+    _, _, saved = load_rule_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["optimizer"]["param_groups"][0]["lr"] == 1e-3 and saved["progress"]["iteration"] == 5
+    # A longer horizon would make validation incomparable with the stored best score: refused.
+    with pytest.raises(ValueError, match=r"horizon: 10 -> 20"):
+        train_optimizer(OptimizerTrainConfig(iterations=6, out=str(tmp_path / "cut"), resume=True,
+                                             **{**values, "horizon": 20}), progress=False)
+
+
+def test_init_from_starts_at_another_runs_weights(tmp_path):
+    values = dict(hidden_size=4, horizon=10, unroll=5, meta_batch=8, val_every=1, val_problems=8, device="cpu")
+    train_optimizer(OptimizerTrainConfig(iterations=1, out=str(tmp_path / "a"), seed=1, **values), progress=False)
+    train_optimizer(OptimizerTrainConfig(iterations=1, out=str(tmp_path / "b"), init_from=str(tmp_path / "a" / "last.pt"),
+                                         **values), progress=False)
+    source, _, _ = load_rule_checkpoint(tmp_path / "a" / "last.pt")
+    started, _, _ = load_rule_checkpoint(tmp_path / "b" / "init.pt")
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), started.parameters()))
+    with pytest.raises(ValueError, match="differs from this run"):
+        train_optimizer(OptimizerTrainConfig(iterations=1, out=str(tmp_path / "c"), init_from=str(tmp_path / "a" / "last.pt"),
+                                             **{**values, "hidden_size": 5}), progress=False)
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a learned-optimizer checkpoint"):
+        load_rule_checkpoint(tmp_path / "bad.pt")
+
+
+def test_config_validation():
+    assert (OptimizerTrainConfig().meta_batch, OptimizerTrainConfig(problem="mlp").meta_batch) == (128, 1)
+    assert OptimizerTrainConfig(problem="mlp", val_problems=3).val_problems == 3
+    with pytest.raises(ValueError, match="multiple of unroll"):
+        OptimizerTrainConfig(horizon=100, unroll=30)
+    with pytest.raises(ValueError, match="problem must be one of"):
+        OptimizerTrainConfig(problem="rosenbrock")
+
+
+def test_batched_baseline_equals_separate_runs_and_divergence_scores_inf():
+    problems = QuadraticProblems().sample(3, seed=4)
+    batched = baseline_curve("adam", 0.1, problems, 15)
+    for k in range(3):
+        theta = problems.theta0[k].clone().requires_grad_()
+        optimizer = torch.optim.Adam([theta], lr=0.1)
+        for step in range(16):
+            loss = ((problems.weight[k] @ theta - problems.target[k]) ** 2).sum()
+            assert batched[step, k].item() == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    diverged = baseline_curve("sgd", 10.0, problems, 50)
+    assert curve_metrics(diverged) == (math.inf, math.inf)
+
+
+def test_tuning_picks_the_best_learning_rate_of_the_grid():
+    problems = QuadraticProblems().sample(8, seed=0, split="tune")
+    grid = (1e-3, 1e-2, 1e-1)
+    lr_final, lr_sum = tune_baseline("sgd", problems, 20, grid)
+    scores = {lr: curve_metrics(baseline_curve("sgd", lr, problems, 20)) for lr in grid}
+    assert scores[lr_final][0] == min(s[0] for s in scores.values())
+    assert scores[lr_sum][1] == min(s[1] for s in scores.values())
+
+
+def test_comparison_ratios():
+    rule = AndrychowiczRule(hidden_size=4)
+    comparison = compare(rule, QuadraticProblems(), 10, n_test=4, n_tune=4, lr_grid=(1e-2, 1e-1), progress=False)
+    summary = comparison.summary("quadratic")
+    best = summary["best_baseline"]
+    assert best == min(summary["baselines"], key=lambda n: summary["baselines"][n]["final_loss"])
+    assert summary["final_loss_ratio"] == pytest.approx(summary["learned_final_loss"] / summary["baselines"][best]["final_loss"])
+    assert "| learned |" in comparison.table()
+
+
+
+def test_baselines_are_tuned_on_tune_problems_and_scored_on_test_problems(monkeypatch):
+    import fewshot_l2l.optimizer_evaluation as evaluation
+
+    distribution, split_of = QuadraticProblems(), {}
+    sample = distribution.sample
+
+    def recording_sample(n, seed, split):
+        problems = sample(n, seed, split=split)
+        split_of[id(problems)] = split
+        return problems
+
+    monkeypatch.setattr(distribution, "sample", recording_sample)
+    calls = []  # (who, split of the problems it ran on)
+    tune, curve, learned = evaluation.tune_baseline, evaluation.baseline_curve, evaluation.rule_curve
+
+    def recording_tune(name, problems, *args):
+        calls.append(("tune", split_of[id(problems)]))
+        return tune(name, problems, *args)
+
+    def recording_curve(name, lr, problems, *args):
+        if calls[-1][0] != "tune" or split_of[id(problems)] != "tune":  # not the grid search itself
+            calls.append(("score", split_of[id(problems)]))
+        return curve(name, lr, problems, *args)
+
+    monkeypatch.setattr(evaluation, "tune_baseline", recording_tune)
+    monkeypatch.setattr(evaluation, "baseline_curve", recording_curve)
+    monkeypatch.setattr(evaluation, "rule_curve", lambda rule, problems, *a: calls.append(("learned", split_of[id(problems)])) or learned(rule, problems, *a))
+    compare(AndrychowiczRule(hidden_size=4), distribution, 5, n_test=3, n_tune=3, lr_grid=(1e-2, 1e-1), progress=False)
+    assert {split for who, split in calls if who == "tune"} == {"tune"}
+    assert {split for who, split in calls if who in ("score", "learned")} == {"test"}
+    assert sum(who == "score" for who, _ in calls) >= 4 and ("learned", "test") in calls
+
+
+def run_script(name, args, monkeypatch, capsys):
+    """Run scripts/<name> in this process (as ``python scripts/<name> args``) and return its stdout."""
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(ROOT / "scripts" / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_scripts_end_to_end(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    out = run_script("train_optimizer.py", ["--problem", "quadratic", "--out", str(run), "--hidden-size", "4",
+                                            "--horizon", "6", "--unroll", "3", "--meta-batch", "4", "--iterations", "2",
+                                            "--val-every", "1", "--val-problems", "4", "--n-test", "3", "--device", "cpu"],
+                     monkeypatch, capsys)
+    assert json.loads(out.splitlines()[-1])["evaluation"]["problem"] == "quadratic"
+    out = run_script("evaluate_optimizer.py", ["--checkpoint", str(run / "best.pt"), "--horizon", "12", "--n-test", "3",
+                                               "--n-tune", "3", "--lr-grid", "0.01", "0.1", "--json"], monkeypatch, capsys)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {"problem", "final_loss_ratio", "sum_loss_ratio", "best_baseline"} <= set(result)
+    assert result["problem"] == "quadratic" and result["horizon"] == 12
+    assert result["best_baseline"] in ("sgd", "nesterov", "rmsprop", "adam")
+    assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("rule", [AndrychowiczRule(hidden_size=3), MetaLSTMRule(hidden_size=3)])
+def test_chunked_step_equals_one_call(rule):
+    theta, grad, loss = torch.randn(3, 50), torch.randn(3, 50), torch.rand(3)
+    state = rule.initial_state(theta)
+    state = rule(theta, grad, loss, state)[1]  # a non-zero state
+    whole, whole_state = rule(theta, grad, loss, state)
+    chunked, chunked_state = chunked_step(rule, theta, grad, loss, state, chunk_rows=3 * 7)
+    assert torch.allclose(whole, chunked, atol=1e-6)  # matmul blocking may change the last bit
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_state, chunked_state))
+    assert type(chunked_state) is type(whole_state)
+
+
+def test_mlp_meta_training_runs_end_to_end(tmp_path, monkeypatch):
+    import fewshot_l2l.optimizer_training as optimizer_training
+    from fewshot_l2l.optimizees import MLPProblems
+
+    tiny = MLPProblems(hidden=4, batch_size=16, classes={"train": 10, "val": 10, "test": 10}, images_per_class=3, image_size=8)
+    monkeypatch.setattr(optimizer_training, "make_problems", lambda name, device="cpu": tiny)
+    config = OptimizerTrainConfig(problem="mlp", hidden_size=4, horizon=4, unroll=2, iterations=2, val_every=1, device="cpu",
+                                  out=str(tmp_path / "run"))
+    summary = train_optimizer(config, progress=False)
+    assert summary["iterations"] == 2 and math.isfinite(summary["best_val_sum_loss"])
+    rule, _, _ = load_rule_checkpoint(tmp_path / "run" / "best.pt")
+    comparison = compare(rule, tiny, 4, n_test=3, n_tune=3, lr_grid=(0.1, 1.0), progress=False)
+    assert math.isfinite(comparison.learned_final_loss) and comparison.best_baseline in ("sgd", "nesterov", "rmsprop", "adam")
