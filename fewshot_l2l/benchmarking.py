@@ -41,6 +41,7 @@ from .adaptation import run_episodes
 from .episodes import Episode, EpisodeSampler, FewShotSplit
 from .learner import ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
+from .training import meta_update
 from .utils import tune_cpu_allocator
 
 
@@ -259,14 +260,6 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int
         fn()
     synchronize(device)
     return warmup_s, (time.perf_counter() - start) / timed, (time.process_time() - cpu_start) / timed
-
-
-def meta_update(meta_learner: MetaLearner, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> None:
-    """The meta-training step of :func:`fewshot_l2l.training.meta_train`: backward, clip, Adam."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(meta_learner.parameters(), grad_clip)
-    optimizer.step()
 
 
 def naive_loss(meta_learner: MetaLearner, learner: ConvLearner, episode: Episode, inner_steps: int) -> tuple[Tensor, Tensor]:

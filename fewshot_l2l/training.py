@@ -127,6 +127,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return meta_learner.to(device), learner, config, checkpoint
 
 
+def meta_update(meta_learner: MetaLearner, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """One meta-update: backward of the meta-loss, global gradient-norm clipping, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(meta_learner.parameters(), grad_clip)
+    optimizer.step()
+
+
 def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time)."""
     tune_cpu_allocator()
@@ -169,10 +177,7 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
             config.query_bn, config.second_order, inner_generator, amp=config.amp,
         )
-        optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        torch.nn.utils.clip_grad_norm_(meta_learner.parameters(), config.grad_clip)
-        optimizer.step()
+        meta_update(meta_learner, optimizer, result.loss, config.grad_clip)
 
         state["update"] += 1
         state["episodes"] += episode.n_episodes
