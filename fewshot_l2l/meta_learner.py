@@ -138,6 +138,8 @@ class MetaLearner(nn.Module):
         self.cell = MetaLSTMCell(hidden_size)
         self.theta_init = nn.Parameter(init_params.detach().clone())
         self._kernels = EAGER_KERNELS
+        # CPU only: coordinates per chunk of episodes in the first-order step (see forward).
+        self.cpu_chunk_rows = 1 << 15
 
     @property
     def n_params(self) -> int:
@@ -192,11 +194,32 @@ class MetaLearner(nn.Module):
             raise ValueError(f"MetaLearner: loss must be [B]={tuple(theta.shape[:1])}, got {tuple(loss.shape)}")
         if torch.is_grad_enabled() and (grad.requires_grad or loss.requires_grad):
             return self.differentiable_step(theta, grad, loss, state)
-        if not torch.is_grad_enabled():
-            theta_next, h, c, f, i = self._kernels.forward(self._weights(), theta, grad, loss, *state, self.p)
-        else:
-            theta_next, h, c, f, i = FirstOrderMetaStep.apply(theta, grad, loss, *state, self.p, self._kernels, *self._weights())
+        batch, n_params = theta.shape
+        per_chunk = batch if theta.device.type != "cpu" else max(1, self.cpu_chunk_rows // n_params)
+        if per_chunk >= batch:
+            return self._wrap(self._first_order_step(theta, grad, loss, state))
+        # On a CPU, episodes in chunks whose gate tensors fit in the last-level cache: one
+        # Omniglot learner's [P, 4 hidden] gates are 9 MB, a meta-batch of 4 is 36 MB. Measured
+        # for the meta-learner alone (Omniglot, 1 thread, CPU-s per episode): evaluation 0.08
+        # instead of 0.10 at meta-batches 4 and 16; meta-training within noise (0.31-0.39).
+        chunks = [
+            self._first_order_step(theta[b : b + per_chunk], grad[b : b + per_chunk], loss[b : b + per_chunk],
+                                   MetaLSTMState(*(t[b : b + per_chunk] for t in state)))
+            for b in range(0, batch, per_chunk)
+        ]
+        return self._wrap([torch.cat(parts) for parts in zip(*chunks)])
+
+    @staticmethod
+    def _wrap(outputs) -> tuple[Tensor, MetaLSTMState]:
+        theta_next, h, c, f, i = outputs
         return theta_next, MetaLSTMState(h, c, f, i)
+
+    def _first_order_step(self, theta: Tensor, grad: Tensor, loss: Tensor, state: MetaLSTMState) -> tuple[Tensor, ...]:
+        """``(theta_t, h, c, f, i)`` for constant ``grad``/``loss``: the kernels directly under
+        ``no_grad``, else through :class:`FirstOrderMetaStep`."""
+        if not torch.is_grad_enabled():
+            return self._kernels.forward(self._weights(), theta, grad, loss, *state, self.p)
+        return FirstOrderMetaStep.apply(theta, grad, loss, *state, self.p, self._kernels, *self._weights())
 
     def _weights(self) -> tuple[Tensor, ...]:
         return (

@@ -52,3 +52,22 @@ def test_evaluation_path_matches_training_path():
     theta_train, _ = unroll(meta, meta.forward, grads, losses, 2)
     assert theta_train.requires_grad
     assert torch.equal(theta_eval, theta_train.detach())
+
+
+def test_cpu_chunks_of_episodes_give_the_same_step_and_gradients():
+    torch.manual_seed(2)
+    batch, n_params = 5, 13
+    meta = MetaLearner(torch.randn(n_params), hidden_size=3).double()
+    grads = [torch.randn(batch, n_params, dtype=torch.float64) for _ in range(3)]
+    losses = [torch.rand(batch, dtype=torch.float64) for _ in range(3)]
+    results = []
+    for chunk_rows in (batch * n_params, 2 * n_params):  # one chunk; chunks of 2, 2 and 1 episodes
+        meta.cpu_chunk_rows = chunk_rows
+        meta.zero_grad()
+        theta, state = unroll(meta, meta.forward, grads, losses, batch)
+        (theta.sum() + state.c.sum()).backward()
+        results.append((theta.detach(), [p.grad.clone() for p in meta.parameters()]))
+    (theta_one, grads_one), (theta_chunked, grads_chunked) = results
+    assert torch.allclose(theta_chunked, theta_one, atol=1e-14, rtol=0)
+    for chunked, one in zip(grads_chunked, grads_one):
+        assert torch.allclose(chunked, one, atol=1e-12, rtol=1e-12)
