@@ -41,8 +41,7 @@ from .adaptation import run_episodes
 from .episodes import Episode, EpisodeSampler, FewShotSplit
 from .learner import ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
-from .training import meta_update
-from .utils import tune_cpu_allocator
+from .utils import meta_update, tune_cpu_allocator
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .optimizees import PROBLEMS, make_problems
 from .optimizer_evaluation import curve_metrics, rule_curve
 from .update_rules import RULES, UpdateRule, build_rule
-from .utils import atomic_torch_save, check_resume_config, prepare_run_dir, resolve_device, seed_everything
+from .utils import atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device, seed_everything
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
@@ -182,11 +182,7 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
         rule_state = rule.initial_state(theta)
         for start in range(0, config.horizon, config.unroll):
             meta_loss, theta, rule_state = unrolled_meta_loss(rule, problems, theta, rule_state, start, config.unroll)
-            meta_optimizer.zero_grad(set_to_none=True)
-            meta_loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(rule.parameters(), config.grad_clip)
-            meta_optimizer.step()
+            meta_update(rule, meta_optimizer, meta_loss, config.grad_clip)
             theta, rule_state = theta.detach(), tuple(s.detach() for s in rule_state)
             interval_loss += meta_loss.item() / config.unroll
             interval_count += 1

@@ -29,7 +29,10 @@ from .episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
-from .utils import atomic_torch_save, check_resume_config, prepare_run_dir, resolve_device, seed_everything, tune_cpu_allocator
+from .utils import (
+    atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device, seed_everything,
+    tune_cpu_allocator,
+)
 
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s")
 
@@ -125,14 +128,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"checkpoint {path} is not a fewshot_l2l checkpoint or is corrupt: {error}") from error
     return meta_learner.to(device), learner, config, checkpoint
-
-
-def meta_update(meta_learner: MetaLearner, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
-    """One meta-update: backward of the meta-loss, global gradient-norm clipping, optimizer step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(meta_learner.parameters(), grad_clip)
-    optimizer.step()
 
 
 def meta_train(config: TrainConfig, progress: bool = True) -> dict:

@@ -63,6 +63,16 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool) -> tuple[Path, Path, P
     return out, last_path, best_path
 
 
+def meta_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float | None) -> None:
+    """One meta-update of ``model`` (a meta-learner or update rule): backward of the meta-loss,
+    global gradient-norm clipping (skipped when ``grad_clip`` is ``None``), optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 def check_resume_config(saved: dict, current: dict, may_change: set[str], path: str | os.PathLike) -> None:
     """Refuse to resume the run saved in ``path`` under settings that change what it means.
 
