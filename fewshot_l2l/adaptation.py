@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .episodes import Episode
+from .data.episodes import Episode
 from .learner import ConvLearner
 from .meta_learner import MetaLearner
 

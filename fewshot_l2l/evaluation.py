@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adaptation import run_episodes
-from .episodes import EpisodeSampler, FewShotSplit
+from .data.episodes import EpisodeSampler, FewShotSplit
 from .learner import ConvLearner
 from .meta_learner import MetaLearner
 from .utils import tune_cpu_allocator

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .adaptation import default_inner_steps, run_episodes
 from .data import ROTATE_CHOICES, load_splits
-from .episodes import EpisodeSampler
+from .data.episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                for name, p in evals.items()}
 
     build = json.loads(subprocess.run(
-        [sys.executable, "-c", "import json,sys; from fewshot_l2l.hdf5_dataset import HDF5Splits; "
+        [sys.executable, "-c", "import json,sys; from fewshot_l2l.data.hdf5 import HDF5Splits; "
          "print(json.dumps(HDF5Splits(sys.argv[1]).build))", str(data)],
         env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout)
     alphabets = build["split_alphabets"]

@@ -2,7 +2,7 @@
 """Meta-training and evaluation speed, side by side with a naive sequential implementation.
 
 Prints one JSON line per (shape, meta-batch) configuration on synthetic data;
-see fewshot_l2l/benchmarking.py for what every key means. Each configuration
+see benchmarks/speed.py for what every key means. Each configuration
 runs in a fresh process so that its peak memory is its own.
 """
 
@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 
-from fewshot_l2l.benchmarking import (
-    SHAPES, BenchmarkSettings, add_naive_ratios, benchmark_configuration, environment, markdown_table, matmul_flops_per_s,
-    profile_meta_update,
+# benchmarks/ is part of the repository, not of the installed package: run from a clone.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.speed import (  # noqa: E402
+    SHAPES, BenchmarkSettings, add_naive_ratios, environment, markdown_table, matmul_flops_per_s, profile_meta_update,
+    run_isolated,
 )
-from fewshot_l2l.utils import resolve_device
-
-
-def run_isolated(shape_name: str, settings: BenchmarkSettings, threads: int | None) -> dict:
-    """:func:`benchmark_configuration` in a fresh (spawned) process."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_child, shape_name, settings, threads).result()
-
-
-def _child(shape_name: str, settings: BenchmarkSettings, threads: int | None) -> dict:
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return benchmark_configuration(SHAPES[shape_name], settings)
+from fewshot_l2l.utils import resolve_device  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 """Evaluate a learned-optimizer checkpoint against SGD, Nesterov SGD, RMSprop and Adam with tuned learning rates.
 
 Prints a table (or, with --json, one JSON line) and saves the mean loss curves as a PNG.
-Thin wrapper over fewshot_l2l.optimizer_evaluation.
+Thin wrapper over fewshot_l2l.optim.evaluation.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from fewshot_l2l.optimizees import make_problems
-from fewshot_l2l.optimizer_evaluation import BASELINES, DEFAULT_LR_GRID, compare, plot_curves
-from fewshot_l2l.optimizer_training import load_rule_checkpoint
+from fewshot_l2l.optim.problems import make_problems
+from fewshot_l2l.optim.evaluation import BASELINES, DEFAULT_LR_GRID, compare, plot_curves
+from fewshot_l2l.optim.training import load_rule_checkpoint
 from fewshot_l2l.utils import resolve_device
 
 

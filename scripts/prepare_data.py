@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from fewshot_l2l.download import MINIIMAGENET_NOTE, OMNIGLOT_ZIPS, download_omniglot
-from fewshot_l2l.miniimagenet import IMAGE_SIZE as MINIIMAGENET_SIZE, build_miniimagenet
-from fewshot_l2l.omniglot import build_omniglot
+from fewshot_l2l.data.download import MINIIMAGENET_NOTE, OMNIGLOT_ZIPS, download_omniglot
+from fewshot_l2l.data.miniimagenet import IMAGE_SIZE as MINIIMAGENET_SIZE, build_miniimagenet
+from fewshot_l2l.data.omniglot import build_omniglot
 
 
 def main(argv: list[str] | None = None) -> None:

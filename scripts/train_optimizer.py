@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Meta-train a learned optimizer on a problem distribution (truncated BPTT), then evaluate it on fresh problems.
 
-Thin wrapper over fewshot_l2l.optimizer_training and fewshot_l2l.optimizer_evaluation.
+Thin wrapper over fewshot_l2l.optim.training and fewshot_l2l.optim.evaluation.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from fewshot_l2l.optimizees import PROBLEMS, make_problems
-from fewshot_l2l.optimizer_evaluation import compare
-from fewshot_l2l.optimizer_training import OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
-from fewshot_l2l.update_rules import RULES
+from fewshot_l2l.optim.problems import PROBLEMS, make_problems
+from fewshot_l2l.optim.evaluation import compare
+from fewshot_l2l.optim.training import OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
+from fewshot_l2l.optim.rules import RULES
 from fewshot_l2l.utils import resolve_device
 
 

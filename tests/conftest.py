@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fewshot_l2l.glyphs import make_glyph_splits
+from fewshot_l2l.data.glyphs import make_glyph_splits
 
 
 @pytest.fixture(scope="session")

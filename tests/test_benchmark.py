@@ -6,12 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from benchmarks.flops import learner_flops_per_episode
+from benchmarks.naive import naive_loss
+from benchmarks.speed import SHAPES, BenchmarkSettings, benchmark_configuration, markdown_table, synthetic_split
 from fewshot_l2l.adaptation import run_episodes
-from fewshot_l2l.benchmarking import (
-    SHAPES, BenchmarkSettings, benchmark_configuration, learner_flops_per_episode, markdown_table, naive_loss,
-    synthetic_split,
-)
-from fewshot_l2l.episodes import EpisodeSampler
+from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner
 

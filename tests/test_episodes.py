@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fewshot_l2l.episodes import EpisodeSampler, FewShotSplit
-from fewshot_l2l.glyphs import make_glyph_split, make_glyph_splits
+from fewshot_l2l.data.episodes import EpisodeSampler, FewShotSplit
+from fewshot_l2l.data.glyphs import make_glyph_split, make_glyph_splits
 
 
 def test_episode_shapes_labels_and_distinct_classes(tiny_splits):

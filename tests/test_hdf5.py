@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fewshot_l2l.data import load_splits
-from fewshot_l2l.episodes import EpisodeSampler, FewShotSplit, add_rotated_classes
-from fewshot_l2l.hdf5_dataset import HDF5ImageDataset, HDF5Splits, HDF5Writer, content_sha256
+from fewshot_l2l.data.episodes import EpisodeSampler, FewShotSplit, add_rotated_classes
+from fewshot_l2l.data.hdf5 import HDF5ImageDataset, HDF5Splits, HDF5Writer, content_sha256
 
 
 def _split(name, n_classes, per_class, size=6, seed=0):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_l2l.adaptation import adapt, run_episodes, support_losses
-from fewshot_l2l.episodes import EpisodeSampler
+from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner
 

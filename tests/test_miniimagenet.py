@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewshot_l2l import hdf5_dataset, miniimagenet
+from fewshot_l2l.data import hdf5 as hdf5_dataset, miniimagenet
 from fewshot_l2l.data import load_splits
-from fewshot_l2l.episodes import EpisodeSampler
-from fewshot_l2l.hdf5_dataset import HDF5Splits
-from fewshot_l2l.miniimagenet import build_miniimagenet, detect_layout, load_image, read_split_csv
+from fewshot_l2l.data.episodes import EpisodeSampler
+from fewshot_l2l.data.hdf5 import HDF5Splits
+from fewshot_l2l.data.miniimagenet import build_miniimagenet, detect_layout, load_image, read_split_csv
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FEWSHOT_L2L_SHARED", REPO.parent / "shared"))

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot_l2l import download
+from fewshot_l2l.data import download
 from fewshot_l2l.data import load_splits
-from fewshot_l2l.episodes import EpisodeSampler
-from fewshot_l2l.hdf5_dataset import HDF5Splits
-from fewshot_l2l.omniglot import build_omniglot, list_images, split_characters
+from fewshot_l2l.data.episodes import EpisodeSampler
+from fewshot_l2l.data.hdf5 import HDF5Splits
+from fewshot_l2l.data.omniglot import build_omniglot, list_images, split_characters
 from fewshot_l2l.training import TrainConfig, meta_train
 
 REPO = Path(__file__).resolve().parents[1]

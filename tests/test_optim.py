@@ -10,7 +10,7 @@ from torch import nn
 
 from fewshot_l2l.meta_learner import MetaLearner
 from fewshot_l2l.optim import LearnedOptimizer
-from fewshot_l2l.update_rules import AndrychowiczRule, MetaLSTMRule
+from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
 
 
 def make_model():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_l2l.optimizees import MLPProblems, QuadraticProblems, make_problems
+from fewshot_l2l.optim.problems import MLPProblems, QuadraticProblems, make_problems
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot_l2l.optimizees import QuadraticProblems
-from fewshot_l2l.optimizer_evaluation import baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
-from fewshot_l2l.optimizer_training import (
+from fewshot_l2l.optim.problems import QuadraticProblems
+from fewshot_l2l.optim.evaluation import baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
+from fewshot_l2l.optim.training import (
     OptimizerTrainConfig, load_rule_checkpoint, train_optimizer, unrolled_meta_loss,
 )
-from fewshot_l2l.update_rules import AndrychowiczRule, MetaLSTMRule
+from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,7 @@ def test_comparison_ratios():
 
 
 def test_baselines_are_tuned_on_tune_problems_and_scored_on_test_problems(monkeypatch):
-    import fewshot_l2l.optimizer_evaluation as evaluation
+    import fewshot_l2l.optim.evaluation as evaluation
 
     distribution, split_of = QuadraticProblems(), {}
     sample = distribution.sample
@@ -246,8 +246,8 @@ def test_chunked_step_equals_one_call(rule):
 
 
 def test_mlp_meta_training_runs_end_to_end(tmp_path, monkeypatch):
-    import fewshot_l2l.optimizer_training as optimizer_training
-    from fewshot_l2l.optimizees import MLPProblems
+    import fewshot_l2l.optim.training as optimizer_training
+    from fewshot_l2l.optim.problems import MLPProblems
 
     tiny = MLPProblems(hidden=4, batch_size=16, classes={"train": 10, "val": 10, "test": 10}, images_per_class=3, image_size=8)
     monkeypatch.setattr(optimizer_training, "make_problems", lambda name, device="cpu": tiny)

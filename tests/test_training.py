@@ -13,7 +13,7 @@ import torch
 
 import fewshot_l2l.training as training
 from fewshot_l2l.adaptation import run_episodes
-from fewshot_l2l.episodes import EpisodeSampler
+from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.evaluation import evaluate, mean_ci95
 from fewshot_l2l.training import TrainConfig, build_models, load_checkpoint, meta_train
 

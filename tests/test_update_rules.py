@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fewshot_l2l.meta_learner import MetaLearner, MetaLSTMState
-from fewshot_l2l.update_rules import AndrychowiczRule, MetaLSTMRule, build_rule
+from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule, build_rule
 
 
 def prep(x: float, p: float = 10.0) -> list[float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .episodes import FewShotSplit, add_rotated_classes
 from .glyphs import make_glyph_splits
-from .hdf5_dataset import HDF5Splits
+from .hdf5 import HDF5Splits
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
 FILE_DATASETS = ("omniglot", "miniimagenet")

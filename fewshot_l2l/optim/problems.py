@@ -11,7 +11,7 @@ search) and ``test`` (held-out evaluation) never share a problem.
   in 10 dimensions, ``W``, ``y`` standard Gaussian, ``theta_0 ~ N(0, 0.01^2)``
   (their released code).
 * :class:`MLPProblems` - a one-hidden-layer MLP (20 sigmoid units) classifying
-  28x28 images of 10 random glyph classes (:mod:`fewshot_l2l.glyphs`), cross-entropy
+  28x28 images of 10 random glyph classes (:mod:`fewshot_l2l.data.glyphs`), cross-entropy
   on a fresh mini-batch of 128 at every step; classes of the three splits are disjoint.
 """
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .glyphs import make_glyph_splits
+from ..data.glyphs import make_glyph_splits
 
 PROBLEMS = ("quadratic", "mlp")
 SPLITS = ("train", "tune", "test")

@@ -1,22 +1,9 @@
-"""Speed benchmark: the fast implementation side by side with a naive sequential one, FLOPs, matmul rate.
+"""Speed benchmark: the fast implementation timed side by side with the naive one (:mod:`benchmarks.naive`).
 
-Everything :mod:`scripts/benchmark.py <scripts.benchmark>` prints comes from here:
-
-* :func:`naive_episode` - a deliberately naive implementation of one episode,
-  kept as the yardstick for ``speedup_vs_naive``: one episode at a time, and at
-  every inner step the learner is re-materialized as a ``torch.nn`` module from
-  the flat parameter vector (what the authors' released code and its PyTorch port
-  do with their learner copies). It computes the same numbers as
-  :func:`fewshot_l2l.adaptation.run_episodes` (tested).
-* :func:`learner_flops_per_episode` / :func:`meta_learner_flops_per_episode` -
-  FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` on "meta"
-  tensors (shapes only, nothing is computed). It counts matrix multiplies and
-  convolutions (2 x multiply-accumulates), forward and backward, and ignores
-  elementwise work (batch norm, ReLU, pooling, the LSTM gates' activations).
-* :func:`matmul_flops_per_s` - the float32 matrix-multiply rate of the machine,
-  the practical ceiling for the learner's FLOPs.
-* :func:`benchmark_configuration` - one JSON-able row: meta-training and
-  evaluation episodes/s of both implementations, peak memory, FLOP fraction.
+Everything ``scripts/benchmark.py`` prints comes from here: :func:`benchmark_configuration` gives one JSON-able
+row per configuration (meta-training and evaluation episodes/s of both implementations, peak memory, the
+learner's FLOP fraction from :mod:`benchmarks.flops`); :func:`profile_meta_update` profiles one meta-update;
+:func:`markdown_table` formats rows.
 
 Data is synthetic (random ``uint8`` images in a :class:`FewShotSplit` on the
 device), so the benchmark needs no data set; episodes are sampled from it by
@@ -26,22 +13,24 @@ indexing exactly as in training.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from .adaptation import run_episodes
-from .episodes import Episode, EpisodeSampler, FewShotSplit
-from .learner import ConvLearner, LearnerConfig
-from .meta_learner import MetaLearner
-from .utils import meta_update, tune_cpu_allocator
+from fewshot_l2l.adaptation import run_episodes
+from fewshot_l2l.data.episodes import Episode, EpisodeSampler, FewShotSplit
+from fewshot_l2l.learner import ConvLearner, LearnerConfig
+from fewshot_l2l.meta_learner import MetaLearner
+from fewshot_l2l.utils import meta_update, tune_cpu_allocator
+
+from .flops import learner_flops_per_episode, matmul_flops_per_s, meta_learner_flops_per_episode, synchronize
+from .naive import naive_loss
 
 
 @dataclass(frozen=True)
@@ -84,148 +73,6 @@ def synthetic_split(shape: BenchmarkShape, device: torch.device | str, n_classes
     return FewShotSplit(images, labels, [f"class{c}" for c in range(n_classes)], "synthetic").to(device)
 
 
-# ----------------------------------------------------------------------------------------------
-# The naive sequential reference implementation
-# ----------------------------------------------------------------------------------------------
-
-
-def naive_module(learner: ConvLearner) -> nn.Sequential:
-    """The learner CNN as ordinary ``torch.nn`` layers (parameters in the flat vector's order)."""
-    config = learner.config
-    layers: list[nn.Module] = []
-    channels = config.in_channels
-    for _ in range(config.n_blocks):
-        layers += [
-            nn.Conv2d(channels, config.hidden_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(config.hidden_channels, track_running_stats=False),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-        channels = config.hidden_channels
-    layers += [nn.Flatten(), nn.Linear(learner.feature_dim, config.n_way)]
-    return nn.Sequential(*layers)
-
-
-def naive_episode(
-    meta_learner: MetaLearner,
-    learner: ConvLearner,
-    support_x: Tensor,
-    support_y: Tensor,
-    query_x: Tensor,
-    query_y: Tensor,
-    inner_steps: int,
-) -> tuple[Tensor, Tensor]:
-    """One episode, naively: ``(query loss, query accuracy)`` for unbatched ``[N, C, H, W]`` tensors.
-
-    Each inner step builds a fresh ``nn.Module``, copies the flat parameters
-    into it, and takes the loss and the gradient from ``loss.backward()`` and the
-    modules' ``.grad`` fields. The meta-learner runs as plain autograd
-    (:meth:`MetaLearner.differentiable_step`: no hand-written backward, never
-    compiled), so the naive figures do not depend on the fast path's options. The query loss is differentiable with respect to
-    the meta-learner (``torch.func.functional_call`` on views of the final
-    parameters), so ``loss.backward()`` gives the same first-order meta-gradient
-    as the fast path. Query batch norm uses the query batch's statistics
-    (``query_bn="batch"``).
-    """
-    theta = meta_learner.initial_theta(1)
-    state = meta_learner.initial_state(theta)
-    for _ in range(inner_steps):
-        module = naive_module(learner).to(device=theta.device, dtype=theta.dtype)
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(theta[0].detach().clone(), module.parameters())
-        with torch.enable_grad():
-            loss = F.cross_entropy(module(support_x), support_y)
-            loss.backward()
-        grad = torch.cat([param.grad.flatten() for param in module.parameters()])
-        theta, state = meta_learner.differentiable_step(theta, grad[None], loss.detach()[None], state)
-    module = naive_module(learner).to(device=theta.device, dtype=theta.dtype)
-    names = [name for name, _ in module.named_parameters()]
-    final = dict(zip(names, learner.unflatten(theta[0])))
-    logits = torch.func.functional_call(module, final, (query_x,))
-    loss = F.cross_entropy(logits, query_y)
-    accuracy = (logits.argmax(dim=1) == query_y).float().mean()
-    return loss, accuracy.detach()
-
-
-# ----------------------------------------------------------------------------------------------
-# FLOPs and the machine's matmul rate
-# ----------------------------------------------------------------------------------------------
-
-
-def learner_flops_per_episode(learner: ConvLearner, n_support: int, n_query: int, inner_steps: int, train: bool) -> int:
-    """Learner FLOPs of one episode: ``inner_steps`` x (forward + backward on the support set) + the query set.
-
-    The query set costs a forward pass, plus a backward pass when ``train``
-    (the meta-gradient goes through it). Counted by ``FlopCounterMode`` on meta
-    tensors: convolutions and matmuls only.
-    """
-    config = learner.config
-    theta = torch.zeros(learner.n_params, device="meta", requires_grad=True)
-
-    def images(n: int) -> Tensor:
-        return torch.zeros(n, config.in_channels, config.image_size, config.image_size, device="meta")
-
-    labels = torch.zeros(max(n_support, n_query), dtype=torch.int64, device="meta")
-    with FlopCounterMode(display=False) as inner:
-        loss = F.cross_entropy(learner.logits(theta, images(n_support)), labels[:n_support])
-        torch.autograd.grad(loss, theta)
-    with FlopCounterMode(display=False) as query:
-        loss = F.cross_entropy(learner.logits(theta, images(n_query)), labels[:n_query])
-        if train:
-            torch.autograd.grad(loss, theta)
-    return inner_steps * inner.get_total_flops() + query.get_total_flops()
-
-
-def meta_learner_flops_per_episode(n_params: int, hidden_size: int, inner_steps: int, train: bool) -> int:
-    """Matmul FLOPs of the meta-learner for one episode (``inner_steps`` updates of ``n_params`` coordinates).
-
-    Counted like :func:`learner_flops_per_episode`; the LSTM's elementwise
-    gate arithmetic, a large share of its time, is not included.
-    """
-    with torch.device("meta"):
-        meta_learner = MetaLearner(torch.zeros(n_params), hidden_size)
-    theta = meta_learner.initial_theta(1)
-    state = meta_learner.initial_state(theta)
-    grad = torch.zeros(1, n_params, device="meta")
-    loss = torch.zeros(1, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        with torch.set_grad_enabled(train):
-            for _ in range(inner_steps):
-                theta, state = meta_learner(theta, grad, loss, state)
-            if train:
-                theta.sum().backward()
-    return counter.get_total_flops()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels (CUDA) so that wall-clock timings are complete."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_flops_per_s(device: torch.device | str = "cpu", size: int = 1024, seconds: float = 1.0) -> float:
-    """Float32 ``size x size`` matrix-multiply rate in FLOP/s (``2 size^3`` per product), best of 3 bursts."""
-    device = torch.device(device)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    out = torch.empty(size, size, device=device)
-    torch.mm(a, b, out=out)
-    synchronize(device)
-    best = 0.0
-    for _ in range(3):
-        count, start = 0, time.perf_counter()
-        while True:
-            torch.mm(a, b, out=out)
-            count += 1
-            if count % 4 == 0:
-                synchronize(device)
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds / 3:
-                    break
-        best = max(best, 2 * size**3 * count / elapsed)
-    return best
-
-
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
     try:
@@ -259,18 +106,6 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int
         fn()
     synchronize(device)
     return warmup_s, (time.perf_counter() - start) / timed, (time.process_time() - cpu_start) / timed
-
-
-def naive_loss(meta_learner: MetaLearner, learner: ConvLearner, episode: Episode, inner_steps: int) -> tuple[Tensor, Tensor]:
-    """Mean query loss and per-episode accuracies of a meta-batch, one naive episode after the other."""
-    results = [
-        naive_episode(
-            meta_learner, learner, episode.support_x[b], episode.support_y[b], episode.query_x[b], episode.query_y[b],
-            inner_steps,
-        )
-        for b in range(episode.n_episodes)
-    ]
-    return torch.stack([loss for loss, _ in results]).mean(), torch.stack([acc for _, acc in results])
 
 
 @dataclass(frozen=True)
@@ -379,6 +214,18 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
         row["speedup_vs_reference"] = shape.reference_s_per_episode / row["train_s_per_episode"]
     row["load_average_1min"] = os.getloadavg()[0]  # other processes on the machine during the run
     return row
+
+
+def run_isolated(shape_name: str, settings: BenchmarkSettings, threads: int | None) -> dict:
+    """:func:`benchmark_configuration` in a fresh (spawned) process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_child, shape_name, settings, threads).result()
+
+
+def _child(shape_name: str, settings: BenchmarkSettings, threads: int | None) -> dict:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return benchmark_configuration(SHAPES[shape_name], settings)
 
 
 def environment() -> dict:

@@ -39,7 +39,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .hdf5_dataset import SPLIT_NAMES, HDF5Writer
+from .hdf5 import SPLIT_NAMES, HDF5Writer
 
 ORIGINAL_SIZE = 105
 FULL_CHARACTERS = 1623

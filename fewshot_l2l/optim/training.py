@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .optimizees import PROBLEMS, make_problems
-from .optimizer_evaluation import curve_metrics, rule_curve
-from .update_rules import RULES, UpdateRule, build_rule
-from .utils import atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device, seed_everything
+from .problems import PROBLEMS, make_problems
+from .evaluation import curve_metrics, rule_curve
+from .rules import RULES, UpdateRule, build_rule
+from ..utils import atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device, seed_everything
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .optimizees import ProblemBatch
-from .update_rules import UpdateRule
+from .problems import ProblemBatch
+from .rules import UpdateRule
 
 BASELINES: dict[str, Callable[[Tensor, float], torch.optim.Optimizer]] = {
     "sgd": lambda theta, lr: torch.optim.SGD([theta], lr=lr),

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .hdf5_dataset import SPLIT_NAMES, HDF5Writer
+from .hdf5 import SPLIT_NAMES, HDF5Writer
 
 IMAGE_SIZE = 84
 CSV_HEADER = ["filename", "label"]

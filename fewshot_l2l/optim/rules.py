@@ -5,7 +5,7 @@ An update rule maps, for a batch of ``B`` problems with ``P`` coordinates each,
 Every tensor of ``state`` has leading shape ``[B, P]``, so one coordinate's
 recurrent state is one row: the :class:`fewshot_l2l.optim.LearnedOptimizer`
 stores it per parameter and concatenates it back for a vectorized step, and
-meta-training (:mod:`fewshot_l2l.optimizer_training`) backpropagates through
+meta-training (:mod:`fewshot_l2l.optim.training`) backpropagates through
 the very same :meth:`UpdateRule.forward`. There is one implementation of each
 rule:
 
@@ -27,8 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .meta_learner import CoordinateLSTMCell, MetaLearner, MetaLSTMState
-from .preprocess import preprocess
+from ..meta_learner import CoordinateLSTMCell, MetaLearner, MetaLSTMState
+from ..preprocess import preprocess
 
 RULES = ("andrychowicz", "meta-lstm")
 
@@ -88,7 +88,7 @@ class MetaLSTMRule(UpdateRule):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "MetaLSTMRule":
         """The rule learned by few-shot meta-training (a checkpoint of :func:`fewshot_l2l.training.meta_train`)."""
-        from .training import load_checkpoint  # training imports the data pipeline: only load it when needed
+        from ..training import load_checkpoint  # training imports the data pipeline: only load it when needed
 
         meta_learner, _, _, _ = load_checkpoint(path, device)
         rule = cls(hidden_size=meta_learner.hidden_size).to(device)

@@ -27,11 +27,11 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .update_rules import UpdateRule
+from .rules import UpdateRule
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
-    """Optimizer-style front end of an :class:`~fewshot_l2l.update_rules.UpdateRule`.
+    """Optimizer-style front end of an :class:`~fewshot_l2l.optim.rules.UpdateRule`.
 
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
@@ -42,7 +42,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, update_scale: float = 1.0) -> None:
         if not isinstance(rule, UpdateRule):
-            raise TypeError(f"LearnedOptimizer: rule must be an UpdateRule (fewshot_l2l.update_rules), got {type(rule).__name__}")
+            raise TypeError(f"LearnedOptimizer: rule must be an UpdateRule (fewshot_l2l.optim.rules), got {type(rule).__name__}")
         if update_scale < 0:
             raise ValueError(f"LearnedOptimizer: update_scale must be >= 0, got {update_scale}")
         super().__init__(params, {"update_scale": update_scale})
