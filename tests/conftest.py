@@ -1,7 +1,38 @@
+"""Fixtures shared by the unit tests (tests/unit: equations and components against hand-checked or naive
+references) and the integration tests (tests/integration: data builders, training loops, scripts, end to end)."""
+
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from fewshot_l2l.data.glyphs import make_glyph_splits
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FEWSHOT_L2L_SHARED", REPO.parent / "shared"))
+
+
+def find_shared_data(*relative: str) -> list[Path]:
+    """Paths under ``../shared/data`` (or ``$FEWSHOT_L2L_SHARED/data``) that a test needs.
+
+    Skips the test, naming the missing files, when they are absent; in CI (``CI=true``) the files are part
+    of the set-up, so their absence fails the test instead of silently skipping it.
+    """
+    paths = [SHARED / "data" / name for name in relative]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        message = f"shared data not found: {', '.join(missing)} (set FEWSHOT_L2L_SHARED to the folder holding data/)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; CI=true, so the test must run", pytrace=False)
+        pytest.skip(message)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """:func:`find_shared_data` as a fixture: ``shared_data("omniglot/x.zip", ...)`` -> paths, or skip / fail in CI."""
+    return find_shared_data
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from fewshot_l2l.optim.training import (
 )
 from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_meta_gradient_is_the_derivative_with_gradients_held_constant():

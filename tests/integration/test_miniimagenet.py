@@ -14,17 +14,20 @@ from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.data.hdf5 import HDF5Splits
 from fewshot_l2l.data.miniimagenet import build_miniimagenet, detect_layout, load_image, read_split_csv
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FEWSHOT_L2L_SHARED", REPO.parent / "shared"))
-CSV_DIR = SHARED / "data/miniimagenet"
+REPO = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test")
 CLASSES_PER_SPLIT, IMAGES_PER_CLASS = 3, 4
 
 
 @pytest.fixture(scope="module")
-def real_csvs():
-    assert all((CSV_DIR / f"{s}.csv").is_file() for s in SPLITS), f"the real split files are expected in {CSV_DIR}"
-    return {s: read_split_csv(CSV_DIR / f"{s}.csv") for s in SPLITS}
+def csv_dir(shared_data):
+    """The folder of Ravi & Larochelle's split files in ../shared/data/miniimagenet."""
+    return shared_data(*(f"miniimagenet/{split}.csv" for split in SPLITS))[0].parent
+
+
+@pytest.fixture(scope="module")
+def real_csvs(csv_dir):
+    return {s: read_split_csv(csv_dir / f"{s}.csv") for s in SPLITS}
 
 
 def test_real_split_files_parse_into_the_standard_split(real_csvs):
@@ -47,10 +50,10 @@ def chosen(real_csvs):
             for s in SPLITS}
 
 
-def make_csv_layout(root: Path, chosen) -> Path:
+def make_csv_layout(root: Path, chosen, csv_dir) -> Path:
     (root / "images").mkdir(parents=True)
     for split, classes in chosen.items():
-        with open(CSV_DIR / f"{split}.csv", newline="") as real:  # the real header and rows, subsampled
+        with open(csv_dir / f"{split}.csv", newline="") as real:  # the real header and rows, subsampled
             header, *rows = list(csv.reader(real))
         keep = {f for files in classes.values() for f in files}
         with open(root / f"{split}.csv", "w", newline="") as out:
@@ -83,9 +86,9 @@ def make_pickle_layout(root: Path, chosen) -> Path:
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory, chosen):
+def layouts(tmp_path_factory, chosen, csv_dir):
     base = tmp_path_factory.mktemp("mini")
-    csv_root = make_csv_layout(base / "csv", chosen)
+    csv_root = make_csv_layout(base / "csv", chosen, csv_dir)
     return {"csv": csv_root, "class-folders": make_folder_layout(base / "folders", chosen, csv_root),
             "pickle": make_pickle_layout(base / "pickle", chosen)}
 

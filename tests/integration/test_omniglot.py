@@ -20,9 +20,7 @@ from fewshot_l2l.data.hdf5 import HDF5Splits
 from fewshot_l2l.data.omniglot import build_omniglot, list_images, split_characters
 from fewshot_l2l.training import TrainConfig, meta_train
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FEWSHOT_L2L_SHARED", REPO.parent / "shared"))
-ZIPS = [SHARED / "data/omniglot" / f"images_background_small{i}.zip" for i in (1, 2)]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_script(name: str, *argv: str) -> None:
@@ -36,10 +34,15 @@ def run_script(name: str, *argv: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def minimal_h5(tmp_path_factory):
-    assert all(z.is_file() for z in ZIPS), f"the real Omniglot zips are expected at {ZIPS[0].parent} (or set FEWSHOT_L2L_SHARED)"
+def zips(shared_data):
+    """The two official minimal background zips from ../shared/data/omniglot."""
+    return shared_data("omniglot/images_background_small1.zip", "omniglot/images_background_small2.zip")
+
+
+@pytest.fixture(scope="module")
+def minimal_h5(tmp_path_factory, zips):
     path = tmp_path_factory.mktemp("omniglot") / "minimal.h5"
-    alphabets = build_omniglot(ZIPS, path, image_size=28, progress=False)
+    alphabets = build_omniglot(zips, path, image_size=28, progress=False)
     return path, alphabets
 
 
@@ -68,11 +71,11 @@ def test_minimal_zips_build_an_alphabet_disjoint_file(minimal_h5):
     assert splits["train"].images.float().mean() < 64  # inverted: mostly dark background, bright strokes
 
 
-def test_stored_pixels_equal_a_pil_reference(minimal_h5):
+def test_stored_pixels_equal_a_pil_reference(minimal_h5, zips):
     path, _ = minimal_h5
     split = HDF5Splits(path).split("test")
     name = split.class_names[3]
-    with zipfile.ZipFile(ZIPS[0]) as archive:
+    with zipfile.ZipFile(zips[0]) as archive:
         members = sorted(m for m in archive.namelist() if f"/{name}/" in m and m.endswith(".png"))
         raw = Image.open(io.BytesIO(archive.read(members[0]))).convert("L")
     expected = np.asarray(Image.fromarray(255 - np.asarray(raw)).resize((28, 28), Image.Resampling.BOX))
@@ -80,12 +83,12 @@ def test_stored_pixels_equal_a_pil_reference(minimal_h5):
     assert np.array_equal(split.images[first, 0].numpy(), expected)
 
 
-def test_extracted_folder_plus_zip_equals_two_zips(minimal_h5, tmp_path):
+def test_extracted_folder_plus_zip_equals_two_zips(minimal_h5, tmp_path, zips):
     path, _ = minimal_h5
-    with zipfile.ZipFile(ZIPS[0]) as archive:
+    with zipfile.ZipFile(zips[0]) as archive:
         archive.extractall(tmp_path / "extracted")
     other = tmp_path / "mixed.h5"
-    build_omniglot([ZIPS[1], tmp_path / "extracted"], other, image_size=28, progress=False)
+    build_omniglot([zips[1], tmp_path / "extracted"], other, image_size=28, progress=False)
     assert HDF5Splits(other).content_sha256 == HDF5Splits(path).content_sha256
 
 
@@ -107,13 +110,13 @@ def test_full_data_uses_the_vinyals_split_with_rotations_everywhere(tmp_path):
     assert splits["test"].n_classes == 4 * 423 and splits["train"].n_classes == 4 * 1028
 
 
-def test_bad_sources_give_clear_errors_and_leave_nothing(tmp_path):
+def test_bad_sources_give_clear_errors_and_leave_nothing(tmp_path, zips):
     out = tmp_path / "out" / "o.h5"
     out.parent.mkdir()
     with pytest.raises(FileNotFoundError, match="omniglot source .*nope.zip does not exist"):
         build_omniglot([tmp_path / "nope.zip"], out, progress=False)
     corrupt = tmp_path / "corrupt.zip"
-    corrupt.write_bytes(ZIPS[0].read_bytes()[:5000])
+    corrupt.write_bytes(zips[0].read_bytes()[:5000])
     with pytest.raises(ValueError, match="corrupt.zip is not a readable zip file"):
         build_omniglot([corrupt], out, progress=False)
     empty = tmp_path / "empty.zip"
@@ -132,7 +135,7 @@ def test_bad_sources_give_clear_errors_and_leave_nothing(tmp_path):
     with pytest.raises(ValueError, match="at least 3 alphabets"):
         split_characters([image for image in list_images([broken]) if image.alphabet != "A2"])
     with pytest.raises(ValueError, match=r"--image-size must be in \[8, 105\]"):
-        build_omniglot(ZIPS, out, image_size=106, progress=False)
+        build_omniglot(zips, out, image_size=106, progress=False)
     assert list(out.parent.iterdir()) == []
 
 
@@ -173,8 +176,8 @@ def test_download_offline_says_what_to_fetch_and_where(monkeypatch, tmp_path):
     assert list((tmp_path / "zips").iterdir()) == []
 
 
-def test_download_verifies_checksums(monkeypatch, tmp_path):
-    payload = ZIPS[0].read_bytes()
+def test_download_verifies_checksums(monkeypatch, tmp_path, zips):
+    payload = zips[0].read_bytes()
 
     class Response(io.BytesIO):
         headers = {"Content-Length": str(len(payload))}
@@ -183,7 +186,7 @@ def test_download_verifies_checksums(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="expected 68d2efa1b9178cc56df9314c21c6e718"):
         download.download_omniglot(tmp_path)
     assert list(tmp_path.iterdir()) == []  # the bad download was removed
-    md5 = download.file_md5(ZIPS[0])
+    md5 = download.file_md5(zips[0])
     monkeypatch.setattr(download, "OMNIGLOT_ZIPS", {"images_background.zip": md5, "images_evaluation.zip": md5})
     paths = download.download_omniglot(tmp_path)
     assert [p.read_bytes() == payload for p in paths] == [True, True]

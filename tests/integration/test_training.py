@@ -17,7 +17,7 @@ from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.evaluation import evaluate, mean_ci95
 from fewshot_l2l.training import TrainConfig, build_models, load_checkpoint, meta_train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
