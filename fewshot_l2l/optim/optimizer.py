@@ -21,10 +21,11 @@ is ``None`` (frozen ones included) are left untouched, state and all.
 
 Each parameter group's ``lr`` scales the rule's proposed change: the step is
 ``theta + lr * (rule(theta) - theta)``, so ``lr=1.0`` (the default) applies the
-rule as learned and ``lr=0`` freezes the group. Being the ``lr`` field of the
-groups, it is what every ``torch.optim.lr_scheduler`` schedules (StepLR,
-CosineAnnealingLR, OneCycleLR with ``cycle_momentum=False``: there is no
-momentum to cycle), e.g. to anneal a learned rule's steps at the end of a run.
+rule as learned and ``lr=0`` holds the group's parameters still (their rule
+state still advances). Being the groups' ``lr`` field, it is what every
+``torch.optim.lr_scheduler`` schedules (StepLR, CosineAnnealingLR, OneCycleLR
+with ``cycle_momentum=False``: there is no momentum to cycle), e.g. to anneal a
+learned rule's steps at the end of a run.
 """
 
 from __future__ import annotations
