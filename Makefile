@@ -4,10 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test clean bench-omniglot bench-optimizer bench-speed
+.PHONY: setup demo test package-check clean bench-omniglot bench-optimizer bench-speed
 
 setup: $(VENV)/.installed
 
+# The editable install also puts the console scripts (fewshot-train, ...; pyproject.toml) in $(VENV)/bin.
+# learn2learn (the l2l extra) is not in requirements.txt: plain pip does not install it on Python 3.11.
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
@@ -23,6 +25,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The package as users get it (CI runs it after the tests; about a minute): sdist and wheel built offline, the
+# wheel installed into a throw-away virtualenv that reuses $(VENV)'s dependencies, its commands and the sdist's
+# bundled tests run (.ci/check_package says what each step checks).
+package-check: setup
+	PYTHON=$(PY) bash .ci/check_package
 
 # Real-Omniglot benchmark (README.md, "Real datasets"): HDF5 from the two minimal zips in ../shared/data/omniglot,
 # 5-way 1-shot and 5-shot meta-trained concurrently for 40 min each on one CPU thread, 600 test episodes each.

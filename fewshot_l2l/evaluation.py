@@ -12,7 +12,6 @@ from .adaptation import run_episodes
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .learner import ConvLearner
 from .meta_learner import MetaLearner
-from .utils import tune_cpu_allocator
 
 
 @dataclass
@@ -60,11 +59,11 @@ def evaluate(
 
     Runs without building a meta-gradient graph (only the learner's own
     gradients are computed), ``batch_size`` episodes at a time; ``amp`` as in
-    :func:`fewshot_l2l.adaptation.adapt`.
+    :func:`fewshot_l2l.adaptation.adapt`. On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator`
+    first (as ``fewshot-evaluate`` does) for speed.
     """
     if n_episodes < 1:
         raise ValueError(f"evaluate: n_episodes must be >= 1, got {n_episodes}")
-    tune_cpu_allocator()
     sampler = EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     accuracies: list[float] = []

@@ -29,10 +29,7 @@ from .data.episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
-from .utils import (
-    atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device, seed_everything,
-    tune_cpu_allocator,
-)
+from .utils import atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device
 
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s")
 
@@ -94,14 +91,20 @@ class TrainConfig:
 
 
 def build_models(config: TrainConfig, image_shape: tuple[int, int, int]) -> tuple[MetaLearner, ConvLearner]:
-    """The learner for ``image_shape`` ``(C, H, W)`` and a meta-learner initialized from it (seeded by ``config.seed``)."""
+    """The learner for ``image_shape`` ``(C, H, W)`` and a meta-learner initialized from it (seeded by ``config.seed``).
+
+    Leaves the global generators as they were: the meta-learner draws its weights
+    from torch's global CPU generator, so that one is seeded inside a fork of it.
+    """
     channels, height, width = image_shape
     if height != width:
         raise ValueError(f"build_models: images must be square, got {height}x{width}")
     learner = ConvLearner(LearnerConfig(channels, height, config.n_way, config.hidden_channels))
-    seed_everything(config.seed)
-    init = learner.init_params(torch.Generator().manual_seed(config.seed))
-    return MetaLearner(init, config.hidden_size), learner
+    with torch.random.fork_rng(devices=[]):  # CPU only: torch.manual_seed would also reseed CUDA's, unforked
+        torch.default_generator.manual_seed(config.seed)
+        init = learner.init_params(torch.Generator().manual_seed(config.seed))
+        meta_learner = MetaLearner(init, config.hidden_size)
+    return meta_learner, learner
 
 
 def checkpoint_state(meta_learner, optimizer, learner, config, progress: dict) -> dict:
@@ -123,7 +126,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         learner = ConvLearner(LearnerConfig(**checkpoint["learner"]))
         config = TrainConfig.from_dict(checkpoint["config"])
-        meta_learner = MetaLearner(torch.zeros(learner.n_params), config.hidden_size)
+        with torch.random.fork_rng(devices=[]):  # its random init, overwritten below, must not consume the global generator
+            meta_learner = MetaLearner(torch.zeros(learner.n_params), config.hidden_size)
         meta_learner.load_state_dict(checkpoint["meta_learner"])
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"checkpoint {path} is not a fewshot_l2l checkpoint or is corrupt: {error}") from error
@@ -131,8 +135,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def meta_train(config: TrainConfig, progress: bool = True) -> dict:
-    """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time)."""
-    tune_cpu_allocator()
+    """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time).
+
+    On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator` first (as ``fewshot-train`` does) for speed.
+    """
     device = resolve_device(config.device)
     out, last_path, best_path = prepare_run_dir(config.out, config.resume)
 

@@ -13,18 +13,52 @@ from typing import Any
 import torch
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The ``torch.device`` for ``device``, checked to be usable on this machine.
 
-    Raises a clear error when CUDA is asked for but not available.
+    ``"auto"`` is CUDA when available, else the CPU. Anything else is what
+    ``torch.device`` accepts (``"cpu"``, ``"cpu:0"``, ``"cuda"``, ``"cuda:1"``,
+    ``"mps"``, ``"xpu"``, ...); any CPU spelling gives ``torch.device("cpu")``. Raises ``ValueError`` for a string that is not a
+    device, ``RuntimeError`` naming what this machine has for one that is not
+    available (e.g. ``cuda:1`` with one GPU, ``mps`` off Apple silicon).
     """
-    if device == "auto":
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device: use auto, cpu, cuda, cuda:N, mps, xpu, ... ({error})") from error
+    if resolved.type == "cpu":
+        return torch.device("cpu")  # "cpu:0" is the CPU too, and torch.load's map_location refuses an indexed CPU
+    if resolved.type == "meta":
+        return resolved
+    backend = getattr(torch, resolved.type, None)  # torch.cuda, torch.mps, torch.xpu, torch.mtia: is_available()
+    if backend is not None and hasattr(backend, "is_available") and hasattr(backend, "device_count"):
+        count = backend.device_count() if backend.is_available() else 0
+        if count == 0:
+            raise RuntimeError(f"device {device!r}: no {resolved.type} device is available on this machine "
+                               f"(available: {', '.join(_available_devices())}; or use auto)")
+        if resolved.index is not None and resolved.index >= count:
+            raise RuntimeError(f"device {device!r}: this machine has {count} {resolved.type} device(s), "
+                               f"{resolved.type}:0 to {resolved.type}:{count - 1}")
+        return resolved
+    try:  # a backend without an availability query (an out-of-tree one): try it
+        torch.empty(0, device=resolved)
+    except Exception as error:  # the backends raise RuntimeError, NotImplementedError, AssertionError, ...
+        # Its first sentence: the dispatcher's message goes on to list every registered kernel.
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0].split(". ")[0]
+        raise RuntimeError(f"device {device!r} is not usable with this PyTorch build: {reason}") from error
+    return resolved
+
+
+def _available_devices() -> list[str]:
+    """The device types usable here, ``cpu`` first (for error messages)."""
+    names = ["cpu"]
+    for name in ("cuda", "mps", "xpu"):
+        backend = getattr(torch, name, None)
+        if backend is not None and backend.is_available():
+            names.append(name if backend.device_count() <= 1 else f"{name}:0-{backend.device_count() - 1}")
+    return names
 
 
 def seed_everything(seed: int) -> None:

@@ -23,6 +23,7 @@ from benchmarks.speed import (  # noqa: E402
     SHAPES, BenchmarkSettings, add_naive_ratios, environment, markdown_table, matmul_flops_per_s, profile_meta_update,
     run_isolated,
 )
+from fewshot_l2l.cli.args import DEVICE_HELP, device_arg  # noqa: E402
 from fewshot_l2l.utils import resolve_device  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--meta-batches", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads (default: all CPUs; OMP_NUM_THREADS=1 environments would otherwise get 1)")
     parser.add_argument("--timed-updates", type=int, default=1, help="timed meta-updates after one warm-up update")

@@ -1,52 +1,6 @@
 #!/usr/bin/env python3
-"""Evaluate a meta-trained checkpoint: few-shot accuracy (mean and 95% CI) over seeded episodes."""
-
-from __future__ import annotations
-
-import argparse
-import json
-
-from fewshot_l2l.data import load_splits
-from fewshot_l2l.evaluation import evaluate
-from fewshot_l2l.training import load_checkpoint
-from fewshot_l2l.utils import resolve_device
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt, last.pt or init.pt")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--data", default=None, help="dataset file; default: the one the checkpoint was trained on")
-    parser.add_argument("--k-shot", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--n-query", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--inner-steps", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--batch-size", type=int, default=8, help="episodes evaluated at once")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0, help="episode seed: same seed, same episodes")
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    args = parser.parse_args(argv)
-
-    device = resolve_device(args.device)
-    meta_learner, learner, config, _ = load_checkpoint(args.checkpoint, device)
-    splits = load_splits(config.dataset, args.data or config.data, seed=config.seed, rotate=config.rotate)
-    split = splits[args.split].to(device)
-    result = evaluate(
-        meta_learner, learner, split, config.n_way,
-        args.k_shot or config.k_shot, args.n_query or config.n_query, args.inner_steps or config.inner_steps,
-        n_episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
-        inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=not args.json, amp=config.amp,
-    )
-    if args.json:
-        print(json.dumps({
-            "checkpoint": args.checkpoint, "split": args.split, "n_way": config.n_way,
-            "k_shot": args.k_shot or config.k_shot, "accuracy": result.accuracy, "ci95": result.ci95,
-            "n_episodes": result.n_episodes,
-        }))
-    else:
-        print(f"{args.checkpoint} on {config.dataset}/{args.split}, {config.n_way}-way "
-              f"{args.k_shot or config.k_shot}-shot: {result}")
-
+"""``fewshot-evaluate`` from a clone: the command-line front end is fewshot_l2l/cli/evaluate.py."""
+from fewshot_l2l.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -1,53 +1,6 @@
 #!/usr/bin/env python3
-"""Evaluate a learned-optimizer checkpoint against SGD, Nesterov SGD, RMSprop and Adam with tuned learning rates.
-
-Prints a table (or, with --json, one JSON line) and saves the mean loss curves as a PNG.
-Thin wrapper over fewshot_l2l.optim.evaluation.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-from pathlib import Path
-
-from fewshot_l2l.optim.problems import make_problems
-from fewshot_l2l.optim.evaluation import BASELINES, DEFAULT_LR_GRID, compare, plot_curves
-from fewshot_l2l.optim.training import load_rule_checkpoint
-from fewshot_l2l.utils import resolve_device
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt (or last.pt, init.pt) of train_optimizer.py")
-    parser.add_argument("--horizon", type=int, default=None, help="steps per problem (default: the trained horizon)")
-    parser.add_argument("--n-test", type=int, default=100, help="held-out test problems")
-    parser.add_argument("--n-tune", type=int, default=100, help="problems for the baselines' learning-rate search")
-    parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DEFAULT_LR_GRID), help="learning rates tried")
-    parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES))
-    parser.add_argument("--plot", default=None, help="PNG path (default: next to the checkpoint, <name>_h<horizon>.png)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tuning and test problems")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
-    args = parser.parse_args(argv)
-
-    device = resolve_device(args.device)
-    rule, config, _ = load_rule_checkpoint(args.checkpoint, device)
-    horizon = args.horizon or config.horizon
-    comparison = compare(rule, make_problems(config.problem, device), horizon, n_test=args.n_test, n_tune=args.n_tune,
-                         seed=args.seed, lr_grid=args.lr_grid, baselines=args.baselines, progress=not args.json)
-    checkpoint = Path(args.checkpoint)
-    plot = args.plot or str(checkpoint.with_name(f"{checkpoint.stem}_h{horizon}.png"))
-    plot_curves(comparison, plot, f"{config.problem}: {config.rule} rule, horizon {horizon} (trained {config.horizon})")
-    summary = comparison.summary(config.problem)
-    summary["plot"] = plot
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(comparison.table())
-        print(f"final loss ratio {summary['final_loss_ratio']:.3f} (vs {summary['best_baseline']}), "
-              f"sum of losses ratio {summary['sum_loss_ratio']:.3f} (vs {summary['best_baseline_sum']}); plot: {plot}")
-
+"""``fewshot-evaluate-optimizer`` from a clone: the command-line front end is fewshot_l2l/cli/evaluate_optimizer.py."""
+from fewshot_l2l.cli.evaluate_optimizer import main
 
 if __name__ == "__main__":
     main()

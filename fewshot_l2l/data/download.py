@@ -1,19 +1,24 @@
 """Fetching the official Omniglot zips with checksum verification (miniImageNet has no official download).
 
 The URLs are Lake et al.'s repository (github.com/brendenlake/omniglot); the
-MD5 sums are the ones torchvision's ``Omniglot`` dataset verifies. Offline, the
-error says which files to fetch by hand and where to put them.
+MD5 sums are the ones torchvision's ``Omniglot`` dataset verifies. The transfer
+and the checksums are torchvision's (``torchvision.datasets.utils``, the
+``data`` extra); this module adds what it lacks: a download lands in a private
+staging folder beside its destination and is renamed into place only once its
+MD5 matches, so an interrupted or corrupt download never leaves a file under
+the final name, and offline the error says which files to fetch by hand and
+where to put them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
+import tempfile
 import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..extras import require
 
 OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
 OMNIGLOT_ZIPS = {  # name -> MD5
@@ -26,12 +31,8 @@ MINIIMAGENET_NOTE = (
 )
 
 
-def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _dataset_utils():
+    return require("torchvision.datasets.utils", "data", "downloading Omniglot")
 
 
 def _offline_help(folder: Path) -> str:
@@ -40,23 +41,24 @@ def _offline_help(folder: Path) -> str:
             f"and run without --download: --source {' '.join(str(folder / n) for n in OMNIGLOT_ZIPS)}")
 
 
-def fetch(url: str, path: Path, md5: str, timeout: float = 60.0) -> None:
-    """Download ``url`` to ``path`` via ``path.tmp-<pid>``, renamed only when its MD5 is ``md5``."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+def fetch(url: str, path: Path, md5: str) -> None:
+    """Download ``url`` to ``path`` through a staging folder beside it, renamed only when its MD5 is ``md5``.
+
+    Raises:
+        ValueError: the download's MD5 is not ``md5`` (nothing is left behind).
+        urllib.error.URLError, OSError: the transfer failed (nothing is left behind).
+    """
+    utils = _dataset_utils()
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.download-"))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as file:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, desc=path.name, unit="B", unit_scale=True, leave=False) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    file.write(block)
-                    bar.update(len(block))
-        actual = file_md5(tmp)
+        # No md5 argument: torchvision's own check raises a bare "File not found or corrupted."
+        utils.download_url(url, str(staging), path.name)
+        actual = utils.calculate_md5(staging / path.name)
         if actual != md5:
             raise ValueError(f"download of {url} has MD5 {actual}, expected {md5} (corrupt or changed upstream)")
-        os.replace(tmp, path)
+        os.replace(staging / path.name, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def download_omniglot(folder: str | os.PathLike) -> list[Path]:
@@ -64,14 +66,16 @@ def download_omniglot(folder: str | os.PathLike) -> list[Path]:
 
     Raises:
         ConnectionError: the network is unreachable; the message names the files to fetch and where to put them.
-        ValueError: a download (or a file already in ``folder``) fails checksum verification.
+        ValueError: a download fails checksum verification.
+        ModuleNotFoundError: torchvision is not installed (the ``data`` extra).
     """
+    utils = _dataset_utils()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, md5 in OMNIGLOT_ZIPS.items():
         path = folder / name
-        if not (path.is_file() and file_md5(path) == md5):
+        if not utils.check_integrity(str(path), md5):
             url = OMNIGLOT_URL.format(name=name)
             try:
                 fetch(url, path, md5)

@@ -18,6 +18,14 @@ lives in ``self.state[param]`` (one tensor per state field, first dimension =
 ``param.numel()``), so ``state_dict()`` / ``load_state_dict()`` round-trip it
 exactly, and it follows parameters that skip a step. Parameters whose ``grad``
 is ``None`` (frozen ones included) are left untouched, state and all.
+
+Each parameter group's ``lr`` scales the rule's proposed change: the step is
+``theta + lr * (rule(theta) - theta)``, so ``lr=1.0`` (the default) applies the
+rule as learned and ``lr=0`` holds the group's parameters still (their rule
+state still advances). Being the groups' ``lr`` field, it is what every
+``torch.optim.lr_scheduler`` schedules (StepLR, CosineAnnealingLR, OneCycleLR
+with ``cycle_momentum=False``: there is no momentum to cycle), e.g. to anneal a
+learned rule's steps at the end of a run.
 """
 
 from __future__ import annotations
@@ -36,20 +44,35 @@ class LearnedOptimizer(torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
         rule: the learned update rule (its weights are not trained by this optimizer).
-        update_scale: multiplies the rule's proposed change ``theta_next - theta``
-            (per group; 1.0 applies the rule as learned).
+        lr: multiplies the rule's proposed change ``theta_next - theta`` (per group, the field
+            learning-rate schedulers act on; 1.0 applies the rule as learned).
+
+    ``update_scale``, this field's former name, is refused with a message saying
+    so (as an argument and as a group key); optimizer state dicts saved under that
+    name still load.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, update_scale: float = 1.0) -> None:
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, lr: float = 1.0, **removed) -> None:
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"LearnedOptimizer: rule must be an UpdateRule (fewshot_l2l.optim.rules), got {type(rule).__name__}")
-        if update_scale < 0:
-            raise ValueError(f"LearnedOptimizer: update_scale must be >= 0, got {update_scale}")
-        super().__init__(params, {"update_scale": update_scale})
+        if "update_scale" in removed:
+            raise TypeError(f"LearnedOptimizer: update_scale was renamed lr {_RENAMED}")
+        if removed:
+            raise TypeError(f"LearnedOptimizer: unexpected keyword argument(s) {', '.join(sorted(removed))}")
+        _check_lr(lr)
+        super().__init__(params, {"lr": lr})
         self.rule = rule
 
+    def add_param_group(self, param_group: dict) -> None:
+        """``torch.optim.Optimizer.add_param_group``, refusing the removed ``update_scale`` key and a negative ``lr``."""
+        if "update_scale" in param_group:
+            raise ValueError(f"LearnedOptimizer: parameter group key update_scale was renamed lr {_RENAMED}")
+        if "lr" in param_group:
+            _check_lr(param_group["lr"])
+        super().add_param_group(param_group)
+
     def _params_with_grad(self) -> tuple[list[Tensor], list[float]]:
-        params, scales = [], []
+        params, lrs = [], []
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
@@ -57,8 +80,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if param.grad.is_sparse:
                     raise ValueError("LearnedOptimizer: sparse gradients are not supported")
                 params.append(param)
-                scales.append(group["update_scale"])
-        return params, scales
+                lrs.append(group["lr"])
+        return params, lrs
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, loss: Tensor | float | None = None) -> Tensor | float | None:
@@ -75,7 +98,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, scales = self._params_with_grad()
+        params, lrs = self._params_with_grad()
         if not params:
             return loss
         if self.rule.needs_loss and loss is None:
@@ -96,13 +119,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
         state = tuple(torch.cat([self.state[param][name] for param in params])[None] for name in fields)
         loss_tensor = None if loss is None else torch.as_tensor(loss, dtype=theta.dtype, device=theta.device).detach().reshape(1)
         theta_next, state_next = self.rule(theta, grad, loss_tensor, state)
-        if any(scale != 1.0 for scale in scales):
-            numels = torch.tensor([param.numel() for param in params], device=theta.device)
-            scale = torch.tensor(scales, dtype=theta.dtype, device=theta.device).repeat_interleave(numels)
-            theta_next = theta + scale * (theta_next - theta)
-
         sizes = [param.numel() for param in params]
-        torch._foreach_copy_(params, [value.view_as(param) for value, param in zip(theta_next[0].split(sizes), params)])
+        if any(lr != 1.0 for lr in lrs):  # skipped at 1.0: theta + 1 * (x - theta) may round differently from x
+            lr = torch.tensor([float(lr) for lr in lrs], dtype=theta.dtype, device=theta.device)
+            theta_next = theta + lr.repeat_interleave(torch.tensor(sizes, device=theta.device)) * (theta_next - theta)
+
+        # One copy_ per parameter tensor (public API; a model has tens of tensors, not a loop over coordinates):
+        # in place, so parameters keep their storage (views, weight tying, other optimizers' references).
+        for param, value in zip(params, theta_next[0].split(sizes)):
+            param.copy_(value.view_as(param))
         for name, value in zip(fields, state_next):
             for param, piece in zip(params, value[0].split(sizes)):
                 self.state[param][name] = piece.clone()  # own storage: a parameter that skips steps keeps only its rows
@@ -119,7 +144,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore :meth:`state_dict` output (the rule's weights too, when present)."""
         state_dict = dict(state_dict)
+        # Saved before update_scale was renamed lr: same meaning, new name.
+        state_dict["param_groups"] = [
+            {("lr" if key == "update_scale" else key): value for key, value in group.items()}
+            for group in state_dict["param_groups"]
+        ]
         rule_state = state_dict.pop("rule", None)
         if rule_state is not None:
             self.rule.load_state_dict(rule_state)
         super().load_state_dict(state_dict)
+
+
+_RENAMED = "(the scale of the rule's proposed change, which torch.optim.lr_scheduler schedulers act on): pass lr=..."
+
+
+def _check_lr(lr: float) -> None:
+    if not lr >= 0:
+        raise ValueError(f"LearnedOptimizer: lr (the scale of the rule's proposed change) must be >= 0, got {lr}")

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -176,22 +177,51 @@ def test_download_offline_says_what_to_fetch_and_where(monkeypatch, tmp_path):
     assert list((tmp_path / "zips").iterdir()) == []
 
 
+class _Response(io.BytesIO):
+    """What ``urllib.request.urlopen`` returns, as torchvision's downloader reads it (``url``, ``length``, chunks)."""
+
+    def __init__(self, payload: bytes, url: str, fail_after: int | None = None):
+        super().__init__(payload)
+        self.url, self.length, self.fail_after = url, len(payload), fail_after
+
+    def read(self, size=-1):
+        if self.fail_after is not None and self.tell() >= self.fail_after:
+            raise ConnectionResetError("connection reset by peer")
+        return super().read(size)
+
+
+def _serving(payload: bytes, fail_after: int | None = None):
+    return lambda request, *args, **kwargs: _Response(payload, request.full_url, fail_after)
+
+
 def test_download_verifies_checksums(monkeypatch, tmp_path, zips):
     payload = zips[0].read_bytes()
-
-    class Response(io.BytesIO):
-        headers = {"Content-Length": str(len(payload))}
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    monkeypatch.setattr(urllib.request, "urlopen", _serving(payload))
     with pytest.raises(ValueError, match="expected 68d2efa1b9178cc56df9314c21c6e718"):
         download.download_omniglot(tmp_path)
     assert list(tmp_path.iterdir()) == []  # the bad download was removed
-    md5 = download.file_md5(zips[0])
+    md5 = hashlib.md5(payload).hexdigest()
     monkeypatch.setattr(download, "OMNIGLOT_ZIPS", {"images_background.zip": md5, "images_evaluation.zip": md5})
     paths = download.download_omniglot(tmp_path)
     assert [p.read_bytes() == payload for p in paths] == [True, True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images_background.zip", "images_evaluation.zip"]
     monkeypatch.setattr(urllib.request, "urlopen", _offline)  # already there and verified: no network needed
     assert download.download_omniglot(tmp_path) == paths
+
+
+def test_interrupted_download_leaves_no_file(monkeypatch, tmp_path):
+    payload = os.urandom(200_000)  # several of torchvision's 32 KiB chunks, the connection drops after the first
+    monkeypatch.setattr(download, "OMNIGLOT_ZIPS", {"images_background.zip": hashlib.md5(payload).hexdigest()})
+    monkeypatch.setattr(urllib.request, "urlopen", _serving(payload, fail_after=1 << 15))
+    with pytest.raises(ConnectionError, match="could not download .*connection reset by peer.*by hand, put them in"):
+        download.download_omniglot(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no partial zip, no staging folder
+
+
+def test_download_without_torchvision_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision.datasets.utils", None)  # as if torchvision were not installed
+    with pytest.raises(ModuleNotFoundError, match=r"downloading Omniglot needs .*pip install 'fewshot_l2l\[data\]'"):
+        download.download_omniglot(tmp_path)
 
 
 def test_prepare_data_download_offline_exits_with_the_message(monkeypatch, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -138,12 +139,12 @@ def test_closure_and_missing_loss():
     assert torch.is_tensor(returned) and not torch.equal(model[3].weight, before)
 
 
-def test_update_scale_per_group():
+def test_lr_per_group():
     model, rule = make_model(), make_rule("andrychowicz")
     twin = copy.deepcopy(model)
     full = LearnedOptimizer(twin.parameters(), rule)
-    scaled = LearnedOptimizer([{"params": model[0].parameters(), "update_scale": 0.0},
-                               {"params": model[2].parameters(), "update_scale": 0.5},
+    scaled = LearnedOptimizer([{"params": model[0].parameters(), "lr": 0.0},
+                               {"params": model[2].parameters(), "lr": 0.5},
                                {"params": model[3].parameters()}], rule)
     before = copy.deepcopy(model)
     for opt, m in ((full, twin), (scaled, model)):
@@ -160,5 +161,86 @@ def test_update_scale_per_group():
 def test_bad_arguments():
     with pytest.raises(TypeError, match="LearnedOptimizer: rule must be an UpdateRule"):
         LearnedOptimizer(make_model().parameters(), torch.optim.SGD)
-    with pytest.raises(ValueError, match="update_scale"):
-        LearnedOptimizer(make_model().parameters(), make_rule("andrychowicz"), update_scale=-1)
+    with pytest.raises(ValueError, match=r"lr \(the scale of the rule's proposed change\) must be >= 0, got -1"):
+        LearnedOptimizer(make_model().parameters(), make_rule("andrychowicz"), lr=-1)
+    with pytest.raises(ValueError, match="must be >= 0, got -0.5"):
+        LearnedOptimizer([{"params": make_model().parameters(), "lr": -0.5}], make_rule("andrychowicz"))
+    with pytest.raises(TypeError, match="update_scale was renamed lr .*pass lr="):
+        LearnedOptimizer(make_model().parameters(), make_rule("andrychowicz"), update_scale=0.5)
+    with pytest.raises(ValueError, match="group key update_scale was renamed lr"):
+        LearnedOptimizer([{"params": make_model().parameters(), "update_scale": 0.5}], make_rule("andrychowicz"))
+    with pytest.raises(TypeError, match="unexpected keyword argument.*momentum"):
+        LearnedOptimizer(make_model().parameters(), make_rule("andrychowicz"), momentum=0.9)
+
+
+def test_state_dict_saved_with_update_scale_still_loads():
+    model, rule = make_model(), make_rule("andrychowicz")
+    optimizer = LearnedOptimizer(model.parameters(), rule, lr=0.25)
+    loss_of(model).backward()
+    optimizer.step()
+    old = optimizer.state_dict()
+    old["param_groups"] = [{("update_scale" if k == "lr" else k): v for k, v in g.items()} for g in old["param_groups"]]
+    restored = LearnedOptimizer(make_model().parameters(), make_rule("andrychowicz"))
+    restored.load_state_dict(old)
+    assert restored.param_groups[0]["lr"] == 0.25 and "update_scale" not in restored.param_groups[0]
+
+
+def _one_cycle_lr(step, max_lr, total_steps, div_factor, final_div_factor, pct_start):
+    """OneCycleLR's two-phase linear schedule (Smith & Topin), written out."""
+    initial, peak_step = max_lr / div_factor, pct_start * total_steps - 1
+    if step <= peak_step:
+        return initial + (max_lr - initial) * step / peak_step
+    final = initial / final_div_factor
+    return max_lr + (final - max_lr) * (step - peak_step) / (total_steps - 1 - peak_step)
+
+
+SCHEDULES = {  # name -> (scheduler for an optimizer whose lr starts at 1.0, the lr it should give at step t)
+    "StepLR": (lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5), lambda t: 0.5 ** (t // 2)),
+    "CosineAnnealingLR": (lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5, eta_min=0.1),
+                          lambda t: 0.1 + 0.9 * (1 + math.cos(math.pi * t / 5)) / 2),
+    # cycle_momentum=False: the optimizer has no momentum for OneCycleLR to cycle.
+    "OneCycleLR": (lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+                       opt, max_lr=2.0, total_steps=6, pct_start=0.5, anneal_strategy="linear", div_factor=4.0,
+                       final_div_factor=5.0, cycle_momentum=False),
+                   lambda t: _one_cycle_lr(t, 2.0, 6, 4.0, 5.0, 0.5)),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_lr_schedulers_scale_the_rule_step(name):
+    make_scheduler, expected_lr = SCHEDULES[name]
+    model, rule = make_model(), make_rule("meta-lstm")
+    optimizer = LearnedOptimizer(model.parameters(), rule)
+    scheduler = make_scheduler(optimizer)
+    params = list(model.parameters())
+    state = rule.initial_state(torch.cat([p.detach().flatten() for p in params])[None])
+    seen = []
+    for step in range(6):
+        lr = optimizer.param_groups[0]["lr"]
+        seen.append(lr)
+        assert lr == pytest.approx(expected_lr(step), rel=1e-9, abs=1e-12)
+        optimizer.zero_grad()
+        loss = loss_of(model)
+        loss.backward()
+        with torch.no_grad():  # the reference: the functional rule on the flat vector, then theta + lr * (proposal - theta)
+            theta = torch.cat([p.detach().flatten() for p in params])[None]
+            grad = torch.cat([p.grad.flatten() for p in params])[None]
+            proposal, state = rule(theta, grad, loss.detach().reshape(1), state)
+            expected = theta + lr * (proposal - theta)
+        optimizer.step(loss=loss)
+        scheduler.step()
+        got = torch.cat([p.detach().flatten() for p in params])[None]
+        assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+        assert not torch.allclose(got, theta, atol=1e-4)  # a real step, whose size the schedule sets
+    assert len(set(seen)) >= 3  # the schedule moved the lr
+
+
+def test_step_writes_parameters_in_place():
+    model = make_model()
+    optimizer = LearnedOptimizer(model.parameters(), make_rule("andrychowicz"))
+    storage = [p.data_ptr() for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
+    loss_of(model).backward()
+    optimizer.step()
+    assert [p.data_ptr() for p in model.parameters()] == storage  # same tensors, new values: views and tying survive
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))

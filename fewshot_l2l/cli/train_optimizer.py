@@ -1,0 +1,61 @@
+"""Meta-train a learned optimizer on a problem distribution (truncated BPTT), then evaluate it on fresh problems.
+
+Thin wrapper over fewshot_l2l.optim.training and fewshot_l2l.optim.evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..optim.evaluation import compare
+from ..optim.problems import PROBLEMS, make_problems
+from ..optim.rules import RULES
+from ..optim.training import OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
+from ..utils import resolve_device, seed_everything
+from .args import DEVICE_HELP, device_arg
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, argparse.Namespace]:
+    defaults = OptimizerTrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--problem", default=defaults.problem, choices=PROBLEMS)
+    parser.add_argument("--rule", default=defaults.rule, choices=RULES)
+    parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="LSTM units per layer")
+    parser.add_argument("--output-scale", type=float, default=defaults.output_scale, help="Andrychowicz rule output scale")
+    parser.add_argument("--horizon", type=int, default=defaults.horizon, help="optimization steps per problem")
+    parser.add_argument("--unroll", type=int, default=defaults.unroll, help="steps per truncated-BPTT meta-update")
+    parser.add_argument("--meta-batch", type=int, default=None, help="problems per iteration (default: 128 quadratic, 1 mlp)")
+    parser.add_argument("--iterations", type=int, default=defaults.iterations, help="problem batches in total")
+    parser.add_argument("--max-minutes", type=float, default=None, help="also stop after this many minutes")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam meta-learning rate")
+    parser.add_argument("--grad-clip", type=float, default=None, help="meta-gradient norm clip (default: off)")
+    parser.add_argument("--val-every", type=int, default=defaults.val_every, help="iterations between validations")
+    parser.add_argument("--val-problems", type=int, default=None, help="validation problems (default: 100 quadratic, 10 mlp)")
+    parser.add_argument("--device", default=defaults.device, type=device_arg, help=DEVICE_HELP)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--out", default=defaults.out, help="RUN_DIR for checkpoints and metrics.csv")
+    parser.add_argument("--init-from", default=None, help="checkpoint of another run whose rule weights to start from")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (e.g. with more --iterations)")
+    parser.add_argument("--n-test", type=int, default=100, help="held-out problems of the final evaluation (0: skip it)")
+    args = parser.parse_args(argv)
+    values = {key: value for key, value in vars(args).items() if key != "n_test"}
+    return OptimizerTrainConfig(**values), args
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, args = parse_args(argv)
+    seed_everything(config.seed)  # the global generators, for anything that draws from them: seeded per run
+    summary = train_optimizer(config)
+    if args.n_test > 0:
+        device = resolve_device(config.device)
+        rule, _, _ = load_rule_checkpoint(summary["best"], device)
+        comparison = compare(rule, make_problems(config.problem, device), config.horizon, n_test=args.n_test,
+                             n_tune=args.n_test, seed=config.seed)
+        print(comparison.table())
+        summary["evaluation"] = comparison.summary(config.problem)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

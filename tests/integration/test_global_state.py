@@ -1,0 +1,92 @@
+"""Library calls leave process-wide state alone: the global generators, the C allocator.
+
+Seeding and allocator tuning belong to the command-line front ends (fewshot_l2l.cli), which make them explicitly.
+"""
+
+import ctypes
+import random
+
+import pytest
+import torch
+
+import fewshot_l2l.training as training
+import fewshot_l2l.utils as utils
+from fewshot_l2l.cli import evaluate as evaluate_cli
+from fewshot_l2l.evaluation import evaluate
+from fewshot_l2l.learner import ConvLearner, LearnerConfig
+from fewshot_l2l.meta_learner import MetaLearner
+from fewshot_l2l.training import TrainConfig, build_models, meta_train
+
+
+@pytest.fixture
+def tiny_data(monkeypatch, tiny_splits):
+    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
+    return tiny_splits
+
+
+@pytest.fixture
+def allocator_calls(monkeypatch):
+    """Every ``ctypes.CDLL`` load (tune_cpu_allocator's first step), with the tuning not yet done in this process."""
+    calls = []
+    real = ctypes.CDLL
+    monkeypatch.setattr(utils, "_ALLOCATOR_TUNED", False)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    return calls
+
+
+def config(tmp_path, **overrides):
+    values = dict(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=2, episodes=4, hidden_size=4,
+                  hidden_channels=4, val_every=4, val_episodes=2, device="cpu", out=str(tmp_path / "run"), seed=5)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def global_rng_states():
+    return torch.random.get_rng_state(), random.getstate()
+
+
+def assert_unchanged(before):
+    torch_state, python_state = before
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    assert random.getstate() == python_state
+
+
+def test_build_models_is_seeded_by_the_config_alone(tmp_path):
+    torch.manual_seed(123)
+    random.seed(123)
+    before = global_rng_states()
+    first = build_models(config(tmp_path), (1, 16, 16))
+    assert_unchanged(before)
+    torch.manual_seed(999)  # other global state: same models
+    second = build_models(config(tmp_path), (1, 16, 16))
+    for a, b in zip(first[0].state_dict().values(), second[0].state_dict().values()):
+        assert torch.equal(a, b)
+    other_seed = build_models(config(tmp_path, seed=6), (1, 16, 16))[0]
+    assert not torch.equal(first[0].cell.weight_forget, other_seed.cell.weight_forget)
+
+
+def test_build_models_gives_the_models_of_the_global_seeding_it_replaced(tmp_path):
+    """What build_models did before: seed the global generators with config.seed, then construct."""
+    meta_learner, _ = build_models(config(tmp_path), (1, 16, 16))
+    learner = ConvLearner(LearnerConfig(1, 16, 3, 4))
+    torch.manual_seed(5)
+    reference = MetaLearner(learner.init_params(torch.Generator().manual_seed(5)), 4)
+    for (name, a), b in zip(meta_learner.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_meta_train_load_checkpoint_and_evaluate_leave_global_state_alone(tiny_data, tmp_path, allocator_calls):
+    before = global_rng_states()
+    summary = meta_train(config(tmp_path), progress=False)
+    meta_learner, learner, saved, _ = training.load_checkpoint(summary["best"])
+    evaluate(meta_learner, learner, tiny_data["test"], 3, 1, 2, 2, n_episodes=2, progress=False)
+    assert_unchanged(before)
+    assert allocator_calls == []
+
+
+def test_front_ends_make_the_process_wide_settings(tiny_data, tmp_path, allocator_calls, monkeypatch, capsys):
+    monkeypatch.setattr(evaluate_cli, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_data)
+    summary = meta_train(config(tmp_path), progress=False)
+    evaluate_cli.main(["--checkpoint", summary["best"], "--episodes", "2", "--device", "cpu", "--json"])
+    assert allocator_calls == ["libc.so.6"]
+    assert '"n_episodes": 2' in capsys.readouterr().out
