@@ -102,20 +102,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def prepare_run_dir(out: str | os.PathLike, resume: bool) -> tuple[Path, Path, Path]:
-    """Create the run folder ``out``; return ``(out, out/last.pt, out/best.pt)``.
-
-    Refuses to start over an existing run (its ``last.pt``) unless ``resume`` is set,
-    so that a second command with the same ``--out`` never overwrites results.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not resume:
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
-    return out, last_path, best_path
-
-
 def meta_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float | None) -> None:
     """One meta-update of ``model`` (a meta-learner or update rule): backward of the meta-loss,
     global gradient-norm clipping (skipped when ``grad_clip`` is ``None``), optimizer step."""
@@ -124,24 +110,6 @@ def meta_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: 
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-
-
-def check_resume_config(saved: dict, current: dict, may_change: set[str], path: str | os.PathLike) -> None:
-    """Refuse to resume the run saved in ``path`` under settings that change what it means.
-
-    ``saved`` and ``current`` are the two configurations as dicts; only the keys in
-    ``may_change`` (budgets, intervals, device, paths) may differ. Anything else
-    (problem, data, model sizes, seed, ...) would silently mix two experiments in one
-    run folder, e.g. keep a best score measured under the old settings.
-    """
-    changed = sorted(key for key in set(saved) | set(current)
-                     if key not in may_change and saved.get(key) != current.get(key))
-    if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
-        raise ValueError(
-            f"--resume {path}: the run was started with other settings ({details}); "
-            f"only {', '.join(sorted(may_change))} may change when resuming. Use a new --out for a new run."
-        )
 
 
 _ALLOCATOR_TUNED = False
