@@ -3,7 +3,9 @@
 ``RUN_DIR`` (:class:`fewshot_l2l.runs.RunFolder`) receives ``init.pt`` (the
 untrained starting point, same seed), ``last.pt`` (after every validation;
 resume from it with ``resume=True``), ``best.pt`` (best validation accuracy so
-far) and ``metrics.csv`` (one row per validation), all written atomically.
+far), ``metrics.csv`` (one row per validation) and ``curves.png`` (the whole
+``metrics.csv`` drawn, :func:`fewshot_l2l.plots.plot_training_curves`), all
+written atomically.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .data.episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
+from .plots import plot_training_curves, require_matplotlib
 from .runs import RunFolder, Stopwatch
 from .utils import meta_update, resolve_device, seed_everything, tune_cpu_allocator
 
@@ -124,6 +127,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time)."""
     tune_cpu_allocator()
+    require_matplotlib()  # curves.png is drawn at every validation: fail now rather than after the first interval
     device = resolve_device(config.device)
     run = RunFolder(config.out, METRICS_COLUMNS, config.resume)
 
@@ -183,6 +187,9 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
             train_acc = interval_acc / interval_count
             run.log(update=state["update"], episodes=state["episodes"], train_loss=interval_loss / interval_count,
                     train_acc=train_acc, val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"])
+            plot_training_curves(run.read_metrics(), run.path / "curves.png",
+                                 f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})",
+                                 chance=1 / config.n_way)
             bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}")
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
             improved = val.accuracy > state["best_val_acc"]
