@@ -1,4 +1,4 @@
-"""Pictures: meta-training curves (``RUN_DIR/curves.png``).
+"""Pictures: meta-training curves (``RUN_DIR/curves.png``) and the meta-learner's gates (Ravi & Larochelle, Fig. 2).
 
 matplotlib (in requirements.txt) is imported only when a picture is drawn, so
 the rest of the package does not need it. Figures are built with
@@ -72,5 +72,57 @@ def plot_training_curves(rows: list[dict[str, float]], path: str | os.PathLike, 
         axis.set_xlabel("meta-training episodes")
         axis.grid(alpha=0.3)
     figure.suptitle(title)
+    figure.tight_layout()
+    return save_png(figure, path)
+
+
+def _block_title(name: str) -> str:
+    """``conv2.weight`` / ``bn2.bias`` -> ``block 3``; ``head.weight`` -> ``head``."""
+    module = name.split(".")[0]
+    return "head" if module == "head" else f"block {int(module.lstrip('convbn')) + 1}"
+
+
+def _tensor_label(name: str) -> str:
+    """The learner's parameter name, with what a batch-norm weight and bias are."""
+    if name.startswith("bn"):
+        return f"{name} ({'gamma' if name.endswith('weight') else 'beta'})"
+    return name
+
+
+def plot_gate_statistics(stats: Any, path: str | os.PathLike, title: str) -> Path:
+    """Draw :class:`fewshot_l2l.gates.GateStatistics`: the input gate ``sigmoid(i_t)`` (the learned
+    learning rate, top row) and the forget gate ``sigmoid(f_t)`` (bottom row) over the inner steps.
+
+    One column per learner block (its conv weight, BN gamma and BN beta) and one
+    for the classifier head; each line is the mean over the coordinates of one
+    parameter tensor and all episodes, the band mean +- std, the dotted lines min and max.
+    """
+    groups: dict[str, list[int]] = {}  # column title -> indices of its parameter tensors
+    for index, name in enumerate(stats.names):
+        groups.setdefault(_block_title(name), []).append(index)
+    steps = list(range(1, stats.inner_steps + 1))
+    figure, axes = new_figure(2, len(groups), (3.1 * len(groups), 6.2), sharex=True, sharey="row")
+    from matplotlib.ticker import MaxNLocator  # matplotlib is there: new_figure imported it
+    colors = ("tab:blue", "tab:orange", "tab:green")
+    for row, (gate, label) in enumerate(((stats.input, "input gate sigmoid(i_t)"), (stats.forget, "forget gate sigmoid(f_t)"))):
+        for col, (group, indices) in enumerate(groups.items()):
+            axis = axes[row, col]
+            for color, index in zip(colors, indices):
+                mean, std = gate["mean"][:, index], gate["std"][:, index]
+                axis.plot(steps, mean, color=color, marker=".", label=_tensor_label(stats.names[index]))
+                axis.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+                axis.plot(steps, gate["min"][:, index], color=color, linestyle=":", linewidth=0.8)
+                axis.plot(steps, gate["max"][:, index], color=color, linestyle=":", linewidth=0.8)
+            axis.grid(alpha=0.3)
+            axis.ticklabel_format(axis="y", useOffset=False)  # forget gates sit near 1: print 0.9961, not 1e-4 + 0.996
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if row == 0:
+                axis.set_title(group)
+                axis.legend(fontsize="small")
+            else:
+                axis.set_xlabel("inner step t")
+            if col == 0:
+                axis.set_ylabel(label)
+    figure.suptitle(f"{title}\nmean ± std over coordinates and {stats.n_episodes} episodes (dotted: min, max)")
     figure.tight_layout()
     return save_png(figure, path)

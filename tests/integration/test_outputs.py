@@ -1,4 +1,4 @@
-"""What the loops and scripts write: the pictures (curves.png) and outputs into folders that do
+"""What the loops and scripts write: the pictures (curves.png, plot_gates.py) and outputs into folders that do
 not exist yet (every writer creates them: a fresh clone has no data/ or runs/)."""
 
 import io
@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fewshot_l2l.data
 import fewshot_l2l.training as training
 from fewshot_l2l.data.hdf5 import HDF5Splits
 from fewshot_l2l.optim.evaluation import BaselineResult, Comparison, plot_curves
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_data(monkeypatch, tiny_splits):
     fake = lambda dataset, data=None, seed=0, rotate="auto": tiny_splits  # noqa: E731
     monkeypatch.setattr(training, "load_splits", fake)
+    monkeypatch.setattr(fewshot_l2l.data, "load_splits", fake)  # what the scripts import
     return tiny_splits
 
 
@@ -76,13 +78,23 @@ def test_training_without_matplotlib_stops_before_training_with_the_fix(tiny_dat
     assert not (tmp_path / "run").exists()
 
 
-def test_train_into_a_missing_folder(tiny_data, tmp_path, monkeypatch, capsys):
+def test_train_into_a_missing_folder_then_plot_gates(tiny_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "runs" / "nested" / "run"
     run_script("train.py", "--n-way", 3, "--k-shot", 1, "--n-query", 2, "--inner-steps", 2, "--meta-batch", 2,
                "--episodes", 4, "--hidden-size", 4, "--hidden-channels", 4, "--val-every", 4, "--val-episodes", 2,
                "--device", "cpu", "--out", out, monkeypatch=monkeypatch)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 4
     assert (out / "best.pt").is_file() and (out / "curves.png").is_file()
+
+    picture = tmp_path / "pictures" / "deep" / "gates.png"
+    run_script("plot_gates.py", "--checkpoint", out / "best.pt", "--episodes", 5, "--batch-size", 2, "--device", "cpu",
+               "--out", picture, monkeypatch=monkeypatch)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == {"checkpoint": str(out / "best.pt"), "split": "test", "n_episodes": 5, "out": str(picture)}
+    assert "| head.bias |" in lines[-2]
+    assert_png(picture, (1000, 500))
+    run_script("plot_gates.py", "--checkpoint", out / "best.pt", "--episodes", 2, "--device", "cpu", monkeypatch=monkeypatch)
+    assert_png(out / "best_gates.png", (1000, 500))  # default: next to the checkpoint
 
 
 def _png_bytes(pixels):
