@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .utils import atomic_write
+
+if TYPE_CHECKING:
+    from .gates import GateStatistics
 
 DPI = 110
 
@@ -89,7 +92,7 @@ def _tensor_label(name: str) -> str:
     return name
 
 
-def plot_gate_statistics(stats: Any, path: str | os.PathLike, title: str) -> Path:
+def plot_gate_statistics(stats: GateStatistics, path: str | os.PathLike, title: str) -> Path:
     """Draw :class:`fewshot_l2l.gates.GateStatistics`: the input gate ``sigmoid(i_t)`` (the learned
     learning rate, top row) and the forget gate ``sigmoid(f_t)`` (bottom row) over the inner steps.
 
