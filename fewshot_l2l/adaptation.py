@@ -21,6 +21,7 @@ still flows through the ``theta`` recursion into the gates, layer 1 and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from .data.episodes import Episode
 from .learner import ConvLearner
-from .meta_learner import MetaLearner
+from .meta_learner import MetaLearner, MetaLSTMState
 
 DEFAULT_INNER_STEPS = {1: 12, 5: 8}  # the authors' released configuration (1-shot: 12, 5-shot: 8)
 
@@ -78,6 +79,7 @@ def adapt(
     second_order: bool = False,
     generator: torch.Generator | None = None,
     amp: bool = False,
+    on_step: Callable[[int, MetaLSTMState], None] | None = None,
 ) -> Tensor:
     """Run the inner loop on support sets ``[B, N, ...]``; return the final parameters ``[B, P]``.
 
@@ -89,6 +91,8 @@ def adapt(
         second_order: keep gradients through the learner's loss and gradient.
         generator: draws the permutation when ``inner_batch_size`` is set.
         amp: run the learner's forward passes under bfloat16 autocast (see :func:`learner_autocast`).
+        on_step: called as ``on_step(step, state)`` after each update (``step`` from 0), to observe
+            the meta-learner, e.g. its gates (:func:`fewshot_l2l.gates.gate_statistics`).
     """
     if inner_steps < 1:
         raise ValueError(f"adapt: inner_steps must be >= 1, got {inner_steps}")
@@ -115,6 +119,8 @@ def adapt(
         if not second_order:
             losses = losses.detach()
         theta, state = meta_learner(theta, grad, losses, state)
+        if on_step is not None:
+            on_step(step, state)
     return theta
 
 

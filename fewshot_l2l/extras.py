@@ -1,9 +1,9 @@
 """Optional dependencies: import one, or fail naming the package extra that installs it.
 
 The extras are declared in ``pyproject.toml``: ``data`` (h5py, torchvision, Pillow:
-building and reading the Omniglot / miniImageNet HDF5 files, downloads), ``plots``
-(matplotlib: the learned-optimizer loss curves) and ``l2l`` (learn2learn). The core
-algorithm and the embedded glyph dataset need none of them.
+building and reading the Omniglot / miniImageNet HDF5 files, downloads) and ``l2l``
+(learn2learn). The core algorithm and the embedded glyph dataset need none of them
+(matplotlib, for the pictures, is a core dependency: meta-training draws RUN_DIR/curves.png).
 """
 
 from __future__ import annotations

@@ -1,22 +1,17 @@
 """Episodic meta-training: a lean, linear loop with validation, atomic checkpoints and a CSV log.
 
-``RUN_DIR`` receives:
-
-* ``init.pt`` - the untrained starting point (same seed), to measure what training bought;
-* ``last.pt`` - written after every validation (resume from it with ``resume=True``);
-* ``best.pt`` - the checkpoint with the best validation accuracy so far;
-* ``metrics.csv`` - one row per validation.
-
-Every checkpoint is written to a temporary file and renamed, so a crash never
-leaves a truncated file.
+``RUN_DIR`` (:class:`fewshot_l2l.runs.RunFolder`) receives ``init.pt`` (the
+untrained starting point, same seed), ``last.pt`` (after every validation;
+resume from it with ``resume=True``), ``best.pt`` (best validation accuracy so
+far), ``metrics.csv`` (one row per validation) and ``curves.png`` (the whole
+``metrics.csv`` drawn, :func:`fewshot_l2l.plots.plot_training_curves`), all
+written atomically.
 """
 
 from __future__ import annotations
 
-import csv
-import pickle
 import math
-import time
+import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,7 +24,9 @@ from .data.episodes import EpisodeSampler
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
-from .utils import atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device
+from .plots import plot_training_curves, require_matplotlib
+from .runs import RunFolder, Stopwatch
+from .utils import meta_update, resolve_device
 
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s")
 
@@ -139,8 +136,9 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
 
     On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator` first (as ``fewshot-train`` does) for speed.
     """
+    require_matplotlib()  # curves.png is drawn at every validation: fail now rather than after the first interval
     device = resolve_device(config.device)
-    out, last_path, best_path = prepare_run_dir(config.out, config.resume)
+    run = RunFolder(config.out, METRICS_COLUMNS, config.resume)
 
     splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)
@@ -153,23 +151,21 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     inner_generator = torch.Generator().manual_seed(config.seed)
     state = {"update": 0, "episodes": 0, "best_val_acc": -1.0, "elapsed_s": 0.0}
 
-    if config.resume and last_path.exists():
-        _, _, saved_config, checkpoint = load_checkpoint(last_path, device)
-        check_resume_config(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, last_path)
+    if run.resuming:
+        _, _, saved_config, checkpoint = load_checkpoint(run.last, device)
+        state = checkpoint["progress"]["state"]
+        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, state["update"])
         meta_learner.load_state_dict(checkpoint["meta_learner"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        state = checkpoint["progress"]["state"]
         sampler.generator.set_state(checkpoint["progress"]["sampler_rng"])
         inner_generator.set_state(checkpoint["progress"]["inner_rng"])
     else:
-        atomic_torch_save(checkpoint_state(meta_learner, optimizer, learner, config, {"state": dict(state)}), out / "init.pt")
-        with open(out / "metrics.csv", "w", newline="") as file:
-            csv.writer(file).writerow(METRICS_COLUMNS)
+        run.start(checkpoint_state(meta_learner, optimizer, learner, config, {"state": dict(state)}))
 
     n_updates = math.ceil(config.episodes / config.meta_batch)
     val_every_updates = max(1, round(config.val_every / config.meta_batch))
     interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
-    start = time.time() - state["elapsed_s"]
+    clock = Stopwatch(state["elapsed_s"], config.max_minutes)
     bar = tqdm(total=n_updates, initial=state["update"], desc="meta-train", unit="update", disable=not progress)
     out_of_time = False
     while state["update"] < n_updates and not out_of_time:
@@ -189,19 +185,21 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{interval_loss / interval_count:.3f}", acc=f"{interval_acc / interval_count:.3f}", refresh=False)
         bar.update(1)
 
-        out_of_time = config.max_minutes is not None and time.time() - start >= 60 * config.max_minutes
+        out_of_time = clock.out_of_time()
         if state["update"] % val_every_updates == 0 or state["update"] == n_updates or out_of_time:
             val = evaluate(
                 meta_learner, learner, val_split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
                 n_episodes=config.val_episodes, seed=config.seed + 1, batch_size=config.meta_batch,
                 inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=False, amp=config.amp,
             )
-            state["elapsed_s"] = time.time() - start
-            row = (state["update"], state["episodes"], interval_loss / interval_count, interval_acc / interval_count,
-                   val.accuracy, val.ci95, state["elapsed_s"])
-            with open(out / "metrics.csv", "a", newline="") as file:
-                csv.writer(file).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-            bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {row[3]:.3f}, val acc {val}")
+            state["elapsed_s"] = clock.elapsed_s
+            train_acc = interval_acc / interval_count
+            run.log(update=state["update"], episodes=state["episodes"], train_loss=interval_loss / interval_count,
+                    train_acc=train_acc, val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"])
+            plot_training_curves(run.read_metrics(), run.path / "curves.png",
+                                 f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})",
+                                 chance=1 / config.n_way)
+            bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}")
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
             improved = val.accuracy > state["best_val_acc"]
             if improved:
@@ -211,16 +209,13 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
                 "sampler_rng": sampler.generator.get_state(),
                 "inner_rng": inner_generator.get_state(),
             }
-            checkpoint = checkpoint_state(meta_learner, optimizer, learner, config, progress_state)
-            atomic_torch_save(checkpoint, last_path)
-            if improved:
-                atomic_torch_save(checkpoint, best_path)
+            run.save(checkpoint_state(meta_learner, optimizer, learner, config, progress_state), improved)
     bar.close()
     return {
         "best_val_acc": state["best_val_acc"],
         "episodes": state["episodes"],
         "updates": state["update"],
         "elapsed_s": state["elapsed_s"],
-        "best": str(best_path),
-        "last": str(last_path),
+        "best": str(run.best),
+        "last": str(run.last),
     }

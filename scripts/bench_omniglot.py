@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the library's atomic writer, also when run without PYTHONPATH
+from fewshot_l2l.utils import atomic_write  # noqa: E402
 DEFAULT_SHARED = Path(os.environ.get("FEWSHOT_L2L_SHARED", REPO.parent / "shared"))
 SETTINGS = {"5-way 1-shot": 1, "5-way 5-shot": 5}
 
@@ -101,10 +103,9 @@ def main(argv: list[str] | None = None) -> None:
                      f"| {s['elapsed_s'] / 60:.1f} min (process wall {wall[name] / 60:.1f} min) | {100 * s['best_val_acc']:.2f}% |")
     table = "\n".join(lines)
     print(table)
-    tmp = args.out / f"results.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"summaries": summaries, "wall_s": wall, "test": results, "build": build,
-                               "args": {k: str(v) for k, v in vars(args).items()}, "table": table}, indent=1))
-    os.replace(tmp, args.out / "results.json")
+    text = json.dumps({"summaries": summaries, "wall_s": wall, "test": results, "build": build,
+                       "args": {k: str(v) for k, v in vars(args).items()}, "table": table}, indent=1)
+    atomic_write(args.out / "results.json", lambda tmp: tmp.write_text(text))
 
 
 if __name__ == "__main__":

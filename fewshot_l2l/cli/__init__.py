@@ -6,7 +6,8 @@ Installed as console scripts (``pyproject.toml``, ``[project.scripts]``), also r
 * ``fewshot-evaluate`` = ``python -m fewshot_l2l.cli.evaluate``: accuracy ± 95% CI of a checkpoint;
 * ``fewshot-prepare-data`` = ``python -m fewshot_l2l.cli.prepare_data``: build an Omniglot / miniImageNet HDF5 file;
 * ``fewshot-train-optimizer`` = ``python -m fewshot_l2l.cli.train_optimizer``: meta-train a learned optimizer;
-* ``fewshot-evaluate-optimizer`` = ``python -m fewshot_l2l.cli.evaluate_optimizer``: compare it with tuned baselines.
+* ``fewshot-evaluate-optimizer`` = ``python -m fewshot_l2l.cli.evaluate_optimizer``: compare it with tuned baselines;
+* ``fewshot-plot-gates`` = ``python -m fewshot_l2l.cli.plot_gates``: draw the learned gates of a checkpoint.
 
 ``scripts/*.py`` in a clone call the same functions. Process-wide settings (the
 glibc allocator tuning, seeding the global generators) are made here, in the

@@ -1,6 +1,6 @@
 """Evaluate a learned-optimizer checkpoint against SGD, Nesterov SGD, RMSprop and Adam with tuned learning rates.
 
-Prints a table (or, with --json, one JSON line) and saves the mean loss curves as a PNG (the ``plots`` extra).
+Prints a table (or, with --json, one JSON line) and saves the mean loss curves as a PNG .
 Thin wrapper over fewshot_l2l.optim.evaluation.
 """
 
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..extras import require
+from ..plots import require_matplotlib
 from ..optim.evaluation import BASELINES, DEFAULT_LR_GRID, compare, plot_curves
 from ..optim.problems import make_problems
 from ..optim.training import load_rule_checkpoint
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:  # before the comparison, which can take an hour, rather than at the plot after it
-        require("matplotlib", "plots", "the loss-curve plot")
-    except ModuleNotFoundError as error:
+        require_matplotlib()
+    except ImportError as error:
         sys.exit(f"{parser.prog}: error: {error}")
     device = resolve_device(args.device)
     rule, config, _ = load_rule_checkpoint(args.checkpoint, device)

@@ -14,9 +14,11 @@ the image bytes (C order), the label bytes (int64 little endian) and the class
 names joined by newlines. :class:`HDF5Writer` computes it while the images are
 written, so a split can be written class by class without holding it in memory.
 
-Files are written to ``FILE.tmp-<pid>`` and renamed over ``FILE`` only once
-complete; any exception removes the temporary file, so an interrupted build
-never leaves a file that looks valid.
+Files are written through :class:`fewshot_l2l.utils.AtomicFile` (the package's
+one atomic writer; h5py writes the file incrementally, so it cannot be a single
+``write(tmp)`` call): a hidden temporary file beside ``FILE``, renamed over it
+only once complete; missing folders are created; any exception removes the
+temporary file, so an interrupted build never leaves a file that looks valid.
 
 :class:`HDF5Splits` opens the file lazily (on first access, not in
 ``__init__``) and drops the handle when pickled, so it can be handed to
@@ -35,6 +37,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from ..utils import AtomicFile
 from .episodes import FewShotSplit
 
 FORMAT_NAME = "fewshot_l2l"
@@ -122,7 +125,7 @@ class HDF5Writer:
     def __init__(self, path: str | os.PathLike, dataset: str, image_shape: tuple[int, int, int],
                  build: dict[str, Any] | None = None, rotated_splits: Iterable[str] = ()) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.target: AtomicFile | None = None
         self.dataset, self.image_shape = dataset, tuple(int(v) for v in image_shape)
         self.build = dict(build or {})
         self.rotated_splits = list(rotated_splits)
@@ -130,9 +133,12 @@ class HDF5Writer:
         self.file: Any = None
 
     def __enter__(self) -> "HDF5Writer":
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"HDF5Writer: output folder {self.path.parent} does not exist")
-        self.file = _h5py().File(self.tmp_path, "w")
+        self.target = AtomicFile(self.path)
+        try:
+            self.file = _h5py().File(self.target.tmp_path, "w")
+        except BaseException:
+            self.target.discard()
+            raise
         return self
 
     def split(self, name: str, n_images: int, class_names: list[str]) -> SplitWriter:
@@ -149,12 +155,11 @@ class HDF5Writer:
                 self._finish()
             self.file.close()
             if exc_type is None:
-                os.replace(self.tmp_path, self.path)
+                self.target.commit()
         finally:
             if self.file:
                 self.file.close()
-            if self.tmp_path.exists():
-                self.tmp_path.unlink()
+            self.target.discard()
 
     def _finish(self) -> None:
         incomplete = [f"{s.name} ({s.written}/{s.n_images})" for s in self.splits if s.written != s.n_images]

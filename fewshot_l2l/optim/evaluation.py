@@ -204,16 +204,11 @@ def compare(rule: UpdateRule, distribution, horizon: int, n_test: int = 100, n_t
 
 
 def plot_curves(comparison: Comparison, path: str, title: str) -> None:
-    """Save the mean loss curves (log scale) as a PNG, written atomically."""
-    import os
-    import tempfile
+    """Save the mean loss curves (log scale) as a PNG, written atomically (missing folders are created)."""
+    from ..plots import new_figure, save_png  # imported here: only plotting needs matplotlib
 
-    import matplotlib  # imported here: only plotting needs it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axes = new_figure(1, 1, (6, 4))
+    axis = axes[0, 0]
     steps = range(comparison.horizon + 1)
     axis.plot(steps, comparison.learned_curve.cpu(), label="learned", linewidth=2, color="black")
     for name, b in comparison.baselines.items():
@@ -224,13 +219,4 @@ def plot_curves(comparison: Comparison, path: str, title: str) -> None:
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(figure)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_png(figure, path)

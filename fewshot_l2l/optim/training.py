@@ -12,17 +12,15 @@ are carried into the next unroll, detached. As in Andrychowicz et al., the
 gradient fed to the rule is a constant for the meta-gradient (no second
 derivatives of ``f``); the path ``phi -> theta_t -> f(theta_t)`` is exact.
 
-``RUN_DIR`` receives ``init.pt``, ``last.pt`` (every validation; ``resume`` continues it), ``best.pt``
-(lowest validation sum of losses on ``tune`` problems) and ``metrics.csv``; all
-checkpoints are written atomically.
+``RUN_DIR`` (:class:`fewshot_l2l.runs.RunFolder`) receives ``init.pt``, ``last.pt`` (every validation;
+``resume`` continues it), ``best.pt`` (lowest validation sum of losses on ``tune`` problems) and
+``metrics.csv``, all written atomically.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import pickle
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -32,7 +30,8 @@ from tqdm.auto import tqdm
 from .problems import PROBLEMS, make_problems
 from .evaluation import curve_metrics, rule_curve
 from .rules import RULES, UpdateRule, build_rule
-from ..utils import atomic_torch_save, check_resume_config, meta_update, prepare_run_dir, resolve_device, seed_everything
+from ..runs import RunFolder, Stopwatch
+from ..utils import atomic_torch_save, meta_update, resolve_device
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
@@ -93,11 +92,16 @@ class OptimizerTrainConfig:
 
 
 def build_rule_for(config: OptimizerTrainConfig) -> UpdateRule:
-    """A fresh rule as ``config`` describes it (seeded by ``config.seed``)."""
-    seed_everything(config.seed)
-    if config.rule == "andrychowicz":
-        return build_rule({"rule": "andrychowicz", "hidden_size": config.hidden_size, "output_scale": config.output_scale})
-    return build_rule({"rule": "meta-lstm", "hidden_size": config.hidden_size})
+    """A fresh rule as ``config`` describes it, initialized from ``config.seed``.
+
+    The rules draw their initial weights from torch's global generator: seed it inside a fork, so
+    that building a rule leaves the caller's random state alone.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if config.rule == "andrychowicz":
+            return build_rule({"rule": "andrychowicz", "hidden_size": config.hidden_size, "output_scale": config.output_scale})
+        return build_rule({"rule": "meta-lstm", "hidden_size": config.hidden_size})
 
 
 def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UpdateRule, OptimizerTrainConfig, dict]:
@@ -108,7 +112,8 @@ def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         config = OptimizerTrainConfig.from_dict(checkpoint["config"])
-        rule = build_rule(checkpoint["rule_config"])
+        with torch.random.fork_rng(devices=[]):  # its random init, overwritten below, must not consume the global generator
+            rule = build_rule(checkpoint["rule_config"])
         rule.load_state_dict(checkpoint["rule"])
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"checkpoint {path} is not a learned-optimizer checkpoint or is corrupt: {error}") from error
@@ -142,7 +147,7 @@ def validate(rule: UpdateRule, val_problems, horizon: int) -> tuple[float, float
 def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict:
     """Meta-train the rule of ``config`` on its problem distribution; return a summary dict."""
     device = resolve_device(config.device)
-    out, last_path, best_path = prepare_run_dir(config.out, config.resume)
+    run = RunFolder(config.out, METRICS_COLUMNS, config.resume)
 
     distribution = make_problems(config.problem, device)
     rule = build_rule_for(config).to(device)
@@ -159,20 +164,18 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
         if source.config() != rule.config():
             raise ValueError(f"--init-from {config.init_from}: its rule {source.config()} differs from this run's {rule.config()}")
         rule.load_state_dict(source.state_dict())
-    if config.resume and last_path.exists():
-        _, saved_config, saved = load_rule_checkpoint(last_path, device)
-        check_resume_config(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, last_path)
+    if run.resuming:
+        _, saved_config, saved = load_rule_checkpoint(run.last, device)
+        state = dict(saved["progress"])
+        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, state["iteration"])
         rule.load_state_dict(saved["rule"])
         meta_optimizer.load_state_dict(saved["optimizer"])
         for group in meta_optimizer.param_groups:  # a resumed run may lower the meta-learning rate (a second phase)
             group["lr"] = config.lr
-        state = dict(saved["progress"])
     else:
-        atomic_torch_save(checkpoint(state), out / "init.pt")
-        with open(out / "metrics.csv", "w", newline="") as file:
-            csv.writer(file).writerow(METRICS_COLUMNS)
+        run.start(checkpoint(state))
 
-    start_time = time.time() - state["elapsed_s"]
+    clock = Stopwatch(state["elapsed_s"], config.max_minutes)
     interval_loss, interval_count = 0.0, 0
     bar = tqdm(total=config.iterations, initial=state["iteration"], desc=f"meta-train {config.rule} on {config.problem}", unit="iter", disable=not progress)
     out_of_time = False
@@ -190,25 +193,22 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
         bar.update(1)
         bar.set_postfix(meta_loss=f"{interval_loss / interval_count:.4g}")
 
-        out_of_time = config.max_minutes is not None and time.time() - start_time >= 60 * config.max_minutes
+        out_of_time = clock.out_of_time()
         if state["iteration"] % config.val_every == 0 or state["iteration"] == config.iterations or out_of_time:
             val_final, val_sum = validate(rule, val_problems, config.horizon)
-            state["elapsed_s"] = time.time() - start_time
-            row = (state["iteration"], interval_loss / interval_count, val_final, val_sum, state["elapsed_s"])
-            with open(out / "metrics.csv", "a", newline="") as file:
-                csv.writer(file).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-            bar.write(f"iteration {state['iteration']}: train meta-loss/step {row[1]:.4g}, "
+            state["elapsed_s"] = clock.elapsed_s
+            train_meta_loss = interval_loss / interval_count
+            run.log(iteration=state["iteration"], train_meta_loss=train_meta_loss, val_final_loss=val_final,
+                    val_sum_loss=val_sum, elapsed_s=state["elapsed_s"])
+            bar.write(f"iteration {state['iteration']}: train meta-loss/step {train_meta_loss:.4g}, "
                       f"val final loss {val_final:.4g}, val sum of losses {val_sum:.4g}")
             interval_loss, interval_count = 0.0, 0
             improved = val_sum < state["best_val_sum_loss"]
             if improved:
                 state["best_val_sum_loss"] = val_sum
-            saved = checkpoint(state)
-            atomic_torch_save(saved, last_path)
-            if improved:
-                atomic_torch_save(saved, best_path)
+            run.save(checkpoint(state), improved)
     bar.close()
-    if not best_path.exists():  # every validation diverged: keep the last weights as "best" so evaluation can run
-        atomic_torch_save(checkpoint(state), best_path)
+    if not run.best.exists():  # every validation diverged: keep the last weights as "best" so evaluation can run
+        atomic_torch_save(checkpoint(state), run.best)
     return {"iterations": state["iteration"], "best_val_sum_loss": state["best_val_sum_loss"],
-            "elapsed_s": state["elapsed_s"], "best": str(best_path), "last": str(last_path)}
+            "elapsed_s": state["elapsed_s"], "best": str(run.best), "last": str(run.last)}

@@ -18,6 +18,7 @@ COMMANDS = {  # console script -> module of fewshot_l2l.cli (and scripts/<module
     "fewshot-prepare-data": "prepare_data",
     "fewshot-train-optimizer": "train_optimizer",
     "fewshot-evaluate-optimizer": "evaluate_optimizer",
+    "fewshot-plot-gates": "plot_gates",
 }
 
 
@@ -90,7 +91,6 @@ def test_torch_device_strings_are_accepted(tmp_path, monkeypatch, tiny_splits, c
 @pytest.mark.parametrize("blocked, module, args, extra", [
     ("h5py", "prepare_data", ["omniglot", "--out", "x.h5"], "data"),
     ("PIL", "prepare_data", ["omniglot", "--out", "x.h5"], "data"),
-    ("matplotlib", "evaluate_optimizer", ["--checkpoint", "x.pt"], "plots"),
 ])
 def test_missing_optional_dependency_names_the_extra(blocked, module, args, extra, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, blocked, None)  # as if it were not installed
@@ -101,4 +101,17 @@ def test_missing_optional_dependency_names_the_extra(blocked, module, args, extr
     message = str(exit_info.value.code)
     assert f"needs the optional dependency '{blocked}'" in message
     assert f"pip install 'fewshot_l2l[{extra}]'" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_matplotlib_is_named_before_a_long_comparison(monkeypatch, tmp_path):
+    """matplotlib is a core dependency (pictures): a broken install is reported before any work, naming it."""
+    from fewshot_l2l.cli import evaluate_optimizer
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_optimizer.main(["--checkpoint", "x.pt"])
+    assert "needs matplotlib" in str(exit_info.value.code)
     assert list(tmp_path.iterdir()) == []
