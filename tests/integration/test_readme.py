@@ -4,7 +4,7 @@ What is checked is derived from the documents, so a renamed script, flag, ``make
 fails here instead of rotting silently:
 
 * every ``scripts/*.py`` mentioned exists and runs ``--help`` (exit 0), and every ``--flag`` written after
-  it, in a ``bash`` block or inline code, is one of its options;
+  it, in a ``bash`` block, inline code or a Makefile recipe, is one of its options;
 * every ``make`` target exists in the Makefile; every repository path (``fewshot_l2l/``, ``benchmarks/``,
   ``scripts/``, ``tests/``, ``datasets/``, ``docs/``) exists, and a ``path.py: name`` reference names a
   ``def``/``class``/assignment in that file; every dotted ``fewshot_l2l.x.y`` name resolves;
@@ -113,9 +113,23 @@ INLINE = {name: [shlex.split(span) for span in SPANS[name] if re.search(r"script
 COMMANDS = [(name, words) for name in TEXTS for words in BASH[name] + INLINE[name]]
 
 
+def _makefile() -> tuple[set[str], set[str], list[list[str]]]:
+    """The Makefile's targets, the ``--out`` folders its recipes write and its recipes' commands
+    (``?=`` variables expanded): ``make demo`` and ``make test`` are the README's first commands."""
+    text = (REPO / "Makefile").read_text()
+    variables = dict(re.findall(r"^(\w+)\s*\?=\s*(.*?)\s*$", text, re.M))
+    expanded = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m[1], m[0]), text)
+    targets = set(re.findall(r"^([\w.-]+)\s*:(?!=)", text, re.M))
+    recipes = [shlex.split(line) for line in expanded.splitlines() if line.startswith("\t")]
+    return targets, set(re.findall(r"--out\s+(\S+)", expanded)), recipes
+
+
+MAKE_TARGETS, MAKE_OUTPUTS, MAKE_RECIPES = _makefile()
+
+
 def _script_flags() -> dict[str, set[str]]:
     flags: dict[str, set[str]] = {}
-    for _, words in COMMANDS:
+    for words in [w for _, w in COMMANDS] + MAKE_RECIPES:
         for script, args in script_calls(words):
             flags.setdefault(script, set()).update(a.split("=")[0] for a in args if a.startswith("--"))
     for text in TEXTS.values():  # scripts named in prose only: --help still has to work
@@ -136,16 +150,6 @@ def _repo_paths() -> set[str]:
     return paths
 
 
-def _makefile() -> tuple[set[str], set[str]]:
-    """The Makefile's targets and the ``--out`` folders its recipes write (``?=`` variables expanded)."""
-    text = (REPO / "Makefile").read_text()
-    variables = dict(re.findall(r"^(\w+)\s*\?=\s*(.*?)\s*$", text, re.M))
-    expanded = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m[1], m[0]), text)
-    targets = set(re.findall(r"^([\w.-]+)\s*:(?!=)", text, re.M))
-    return targets, set(re.findall(r"--out\s+(\S+)", expanded))
-
-
-MAKE_TARGETS, MAKE_OUTPUTS = _makefile()
 
 
 def skip_if_pending(path: str) -> None:
