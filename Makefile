@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 # Meta-train on the embedded glyph dataset (a few minutes on 2 CPU cores), then
-# evaluate the untrained starting point and the best checkpoint on 600 test episodes.
+# evaluate the untrained starting point and the best checkpoint on 600 test episodes (docs/results/demo.md).
 demo: setup
 	$(PY) scripts/train.py --dataset glyphs --episodes 600 --val-every 200 --val-episodes 100 --out $(DEMO_DIR) --resume
 	$(PY) scripts/evaluate.py --checkpoint $(DEMO_DIR)/init.pt --split test --episodes 600
@@ -32,21 +32,21 @@ test: setup
 package-check: setup
 	PYTHON=$(PY) bash .ci/check_package
 
-# Real-Omniglot benchmark (README.md, "Real datasets"): HDF5 from the two minimal zips in ../shared/data/omniglot,
+# Real-Omniglot benchmark (docs/results/omniglot.md): HDF5 from the two minimal zips in ../shared/data/omniglot,
 # 5-way 1-shot and 5-shot meta-trained concurrently for 40 min each on one CPU thread, 600 test episodes each.
 bench-omniglot: setup
 	$(PY) scripts/bench_omniglot.py --out runs/bench-omniglot
 
 # Meta-training/evaluation episodes/s, peak memory and FLOP fraction at the issue-5 settings
 # (Omniglot 5w1s 28x28x1 and miniImageNet 5w5s 84x84x3 shapes, meta-batch 1 and 16), side by side
-# with the naive sequential implementation; one JSON line per configuration (README "Speed").
+# with the naive sequential implementation; one JSON line per configuration (docs/speed.md).
 bench-speed: setup
 	$(PY) scripts/benchmark.py
 
 clean:
 	rm -rf $(VENV) runs
 
-# Learned optimizers (README.md, "Learned optimizers"): meta-train the Andrychowicz LSTM rule on random
+# Learned optimizers (docs/results/learned_optimizers.md): meta-train the Andrychowicz LSTM rule on random
 # quadratics and on the glyph MLP, then compare with tuned SGD / Nesterov / RMSprop / Adam on 100 held-out
 # problems at the trained horizon (100) and at 2x (200). About an hour on 2 shared CPU cores.
 BENCH_OPT_DIR ?= runs/bench-optimizer
