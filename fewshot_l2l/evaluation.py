@@ -12,6 +12,7 @@ from .adaptation import run_episodes
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .learner import ConvLearner
 from .meta_learner import MetaLearner
+from .utils import nonfinite_tensors
 
 
 @dataclass
@@ -59,11 +60,16 @@ def evaluate(
 
     Runs without building a meta-gradient graph (only the learner's own
     gradients are computed), ``batch_size`` episodes at a time; ``amp`` as in
-    :func:`fewshot_l2l.adaptation.adapt`. On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator`
+    :func:`fewshot_l2l.adaptation.adapt`. Raises ``ValueError`` for a meta-learner holding NaN or
+    infinite values, or episodes whose query loss is not finite. On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator`
     first (as ``fewshot-evaluate`` does) for speed.
     """
     if n_episodes < 1:
         raise ValueError(f"evaluate: n_episodes must be >= 1, got {n_episodes}")
+    bad = nonfinite_tensors(meta_learner.state_dict())
+    if bad:  # NaN logits argmax to class 0: the accuracy would read as chance, silently
+        raise ValueError(f"evaluate: the meta-learner holds NaN or infinite values ({', '.join(bad[:3])}); "
+                         "it comes from a diverged run and cannot be evaluated")
     sampler = EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     accuracies: list[float] = []
@@ -74,6 +80,12 @@ def evaluate(
             result = run_episodes(
                 meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp
             )
+            if not math.isfinite(result.loss.item()):
+                raise ValueError(
+                    f"evaluate: the adapted learner's query loss is not finite on episodes {len(accuracies) + 1}-"
+                    f"{len(accuracies) + episode.n_episodes} of split {split.name!r} (seed {seed}): the inner loop "
+                    "diverged, so an accuracy would be meaningless"
+                )
             accuracies.extend(result.accuracy.tolist())
             bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}", refresh=False)
             bar.update(episode.n_episodes)

@@ -4,17 +4,24 @@ learned-optimizer :mod:`fewshot_l2l.optim.training`).
 ``RUN_DIR`` holds:
 
 * ``init.pt`` - the untrained starting point, to measure what training bought;
-* ``last.pt`` - written after every validation; a run resumes from it;
-* ``best.pt`` - the checkpoint with the best validation score so far;
-* ``metrics.csv`` - one row per validation, columns chosen by the loop.
+* ``last.pt`` - written after every validation (and when a signal stops the run); a run resumes from it;
+* ``best.pt`` - the checkpoint with the best validation score so far (written before ``last.pt``,
+  so the best that ``last.pt`` records always exists);
+* ``metrics.csv`` - one row per validation, columns chosen by the loop;
+* ``.lock`` - while a run lives (:class:`fewshot_l2l.process.FolderLock`).
 
-:class:`RunFolder` refuses to start over an existing run unless asked to resume,
-refuses to resume under settings that change the experiment, and writes every
-file through :func:`fewshot_l2l.utils.atomic_write` (a crash never leaves a
-truncated checkpoint or a half-written CSV line). :class:`Stopwatch` keeps the
-training time across resumes for the ``max_minutes`` budget. The loops keep
-their algorithm, their checkpoint contents and their validation; only this
-bookkeeping is shared.
+:class:`RunFolder` locks the folder for the whole run, removes the temporary
+files of writers that were killed, refuses to start over an existing run unless
+asked to resume, refuses to resume under settings that change the experiment,
+never writes a checkpoint holding a NaN or an infinity, and writes every file
+through :func:`fewshot_l2l.utils.atomic_write` (a crash never leaves a
+truncated checkpoint or a half-written CSV line). Used as a context manager, it
+releases the lock at the end and, when the start failed before any checkpoint,
+removes the folder it created. :class:`Stopwatch` keeps the training time across
+resumes for the ``max_minutes`` budget; :class:`NonFiniteGuard` counts the
+meta-updates skipped for a non-finite meta-loss or meta-gradient and stops a run
+that keeps producing them. The loops keep their algorithm, their checkpoint
+contents and their validation; only this bookkeeping is shared.
 """
 
 from __future__ import annotations
@@ -22,11 +29,20 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Iterable
+from types import TracebackType
+from typing import Any, Iterable
 
-from .utils import atomic_torch_save, atomic_write
+import torch
+
+from .process import LOCK_NAME, FolderLock, note
+from .utils import atomic_torch_save, atomic_write, nonfinite_tensors, remove_stale_temps
+
+
+class NonFiniteError(RuntimeError):
+    """A run produced NaN or infinite values where it must not (meta-updates, or a checkpoint about to be written)."""
 
 
 def check_resume_config(saved: dict, current: dict, may_change: set[str], path: str | os.PathLike) -> None:
@@ -60,7 +76,7 @@ def _cell(value) -> str:
 
 
 class RunFolder:
-    """``RUN_DIR`` of one meta-training run (see the module docstring).
+    """``RUN_DIR`` of one meta-training run (see the module docstring); use it as a context manager.
 
     Args:
         out: the folder; created with its missing parents.
@@ -69,39 +85,105 @@ class RunFolder:
         resume: continue the run in ``out`` if there is one. Without it an
             existing ``last.pt`` raises ``FileExistsError``, so a second command
             with the same ``--out`` never overwrites results.
+
+    Raises :class:`fewshot_l2l.process.RunLockedError` while another process runs in ``out``.
     """
+
+    RUN_FILES = ("init.pt", "metrics.csv", "curves.png")  # what a start writes before its first checkpoint
 
     def __init__(self, out: str | os.PathLike, columns: Iterable[str], resume: bool) -> None:
         self.path = Path(out)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.created = _make_folders(self.path)
         self.columns = tuple(columns)
         self.init, self.last, self.best = self.path / "init.pt", self.path / "last.pt", self.path / "best.pt"
         self.metrics = self.path / "metrics.csv"
-        if self.last.exists() and not resume:
-            raise FileExistsError(f"{self.last} exists: pass --resume to continue that run, or choose another --out")
+        self.best_step: int | None = None
+        self.lock = FolderLock(self.path / LOCK_NAME)
+        try:
+            removed = remove_stale_temps(self.path)
+            if removed:
+                note(f"removed {len(removed)} temporary file(s) of killed writers from {self.path}: "
+                     f"{', '.join(p.name for p in removed)}")
+            if self.last.exists() and not resume:
+                raise FileExistsError(f"{self.last} exists: pass --resume to continue that run, or choose another --out")
+        except BaseException:
+            self.close()
+            raise
         self.resuming = resume and self.last.exists()
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if exc_type is not None:
+                self._remove_failed_start()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the folder's lock (safe to call more than once)."""
+        self.lock.release()
+        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            _remove_empty(self.created)
+
+    def _remove_failed_start(self) -> None:
+        """A start that failed before any checkpoint leaves no folder behind, if it created the folder."""
+        if not self.created or self.last.exists() or self.best.exists():
+            return
+        for name in self.RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
 
     def start(self, checkpoint: dict) -> None:
         """Begin a new run: save the untrained ``checkpoint`` as ``init.pt`` and write the metrics header."""
-        atomic_torch_save(checkpoint, self.init)
+        self._write_checkpoint(checkpoint, self.init)
         atomic_write(self.metrics, lambda tmp: tmp.write_bytes(_csv_bytes([self.columns])))
 
-    def resume(self, saved_config: dict, config: dict, may_change: set[str], step: int) -> None:
+    def resume(self, saved_config: dict, config: dict, may_change: set[str], step: int, saved_run: dict | None = None) -> None:
         """Continue the run whose ``last.pt`` holds ``saved_config`` and reached ``step``.
 
         Raises ``ValueError`` (naming each setting) when ``config`` differs from
         ``saved_config`` outside ``may_change``. Rows logged after ``step`` (by a
         run stopped between writing its row and its checkpoint) are dropped, so the
-        resumed log has each step once.
+        resumed log has each step once; a log with fewer columns (an older
+        version's) gets the new ones, empty. ``saved_run`` is ``last.pt``'s
+        ``"run"`` entry (written by :meth:`save`): ``best.pt`` is checked against
+        the best it records.
         """
         check_resume_config(saved_config, config, may_change, self.last)
-        rows = []
+        rows, header = [], list(self.columns)
         if self.metrics.exists():
             with open(self.metrics, newline="") as file:
-                rows = list(csv.reader(file))[1:]
+                header, *rows = list(csv.reader(file)) or [list(self.columns)]
+        if header != list(self.columns) and set(header) <= set(self.columns):
+            rows = [[dict(zip(header, row)).get(name, "") for name in self.columns] for row in rows if len(row) == len(header)]
         kept = [row for row in rows if len(row) == len(self.columns) and int(row[0]) <= step]
-        if kept != rows or not self.metrics.exists():
+        if kept != rows or header != list(self.columns) or not self.metrics.exists():
             atomic_write(self.metrics, lambda tmp: tmp.write_bytes(_csv_bytes([self.columns, *kept])))
+        self.best_step = (saved_run or {}).get("best_step")
+        self._check_best(step)
+
+    def _check_best(self, step: int) -> None:
+        """Say (and repair when ``last.pt`` is itself the best) a ``best.pt`` missing or older than ``last.pt`` records."""
+        if self.best_step is None:
+            return
+        try:
+            found = torch.load(self.best, map_location="cpu", weights_only=True).get("run", {}).get("step")
+        except FileNotFoundError:
+            found = None
+        except Exception as error:  # corrupt: treated as missing, and said
+            note(f"{self.best} is unreadable ({type(error).__name__}: {error})")
+            found = None
+        if found is not None and found >= self.best_step:
+            return
+        what = "missing" if found is None else f"from step {found}"
+        if self.best_step == step:
+            atomic_write(self.best, lambda tmp: shutil.copyfile(self.last, tmp))
+            note(f"{self.best} was {what}, though {self.last} records the best validation at step {step}: "
+                 f"repaired from {self.last.name}")
+        else:
+            note(f"{self.best} is {what}, though {self.last} records the best validation at step {self.best_step}: "
+                 f"that checkpoint is lost; the next improvement writes a new best.pt")
 
     def log(self, **values) -> None:
         """Add one row to ``metrics.csv``: a value for each column (floats are written with 6 digits)."""
@@ -112,15 +194,95 @@ class RunFolder:
         atomic_write(self.metrics, lambda tmp: tmp.write_bytes(data))
 
     def read_metrics(self) -> list[dict[str, float]]:
-        """Every row of ``metrics.csv`` (the whole history of a resumed run), values as floats."""
+        """Every row of ``metrics.csv`` (the whole history of a resumed run), values as floats (empty cells NaN)."""
         with open(self.metrics, newline="") as file:
-            return [{name: float(value) for name, value in row.items()} for row in csv.DictReader(file)]
+            return [{name: float(value) if value else float("nan") for name, value in row.items()}
+                    for row in csv.DictReader(file)]
 
-    def save(self, checkpoint: dict, improved: bool) -> None:
-        """Write ``checkpoint`` as ``last.pt``, and as ``best.pt`` too when the validation score ``improved``."""
-        atomic_torch_save(checkpoint, self.last)
+    def save(self, checkpoint: dict, improved: bool, step: int) -> None:
+        """Write ``checkpoint`` (of ``step``) as ``last.pt``, and first as ``best.pt`` too when the validation score ``improved``.
+
+        Adds ``checkpoint["run"] = {"step": step, "best_step": ...}`` (what :meth:`resume` checks ``best.pt`` by).
+        Raises :class:`NonFiniteError`, writing nothing, when a tensor of ``checkpoint`` holds a NaN or an infinity.
+        """
         if improved:
-            atomic_torch_save(checkpoint, self.best)
+            self.best_step = step
+        checkpoint = {**checkpoint, "run": {"step": step, "best_step": self.best_step}}
+        self._refuse_nonfinite(checkpoint, self.last)
+        if improved:  # best.pt first: a crash between the two writes leaves the best that last.pt records
+            self._write_checkpoint(checkpoint, self.best)
+        self._write_checkpoint(checkpoint, self.last)
+
+    def save_best_if_missing(self, checkpoint: dict, step: int) -> None:
+        """Write ``checkpoint`` as ``best.pt`` unless there is one (so that evaluation can run after a run whose
+        validations all diverged)."""
+        if not self.best.exists():
+            self._write_checkpoint({**checkpoint, "run": {"step": step, "best_step": self.best_step}}, self.best)
+
+    @staticmethod
+    def _refuse_nonfinite(checkpoint: dict, path: Path) -> None:
+        bad = nonfinite_tensors(checkpoint)
+        if bad:
+            raise NonFiniteError(f"refusing to write {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                                 f"hold NaN or infinite values")
+
+    def _write_checkpoint(self, checkpoint: dict, path: Path) -> None:
+        """The one checkpoint writer of a run: atomic, and never a non-finite checkpoint."""
+        self._refuse_nonfinite(checkpoint, path)
+        atomic_torch_save(checkpoint, path)
+
+
+def _make_folders(path: Path) -> list[Path]:
+    """``mkdir -p path``; returns the folders it created, deepest first."""
+    missing, folder = [], path.absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone else's file) or gone: leave it and its parents
+            return
+
+
+class NonFiniteGuard:
+    """Counts the meta-updates that :func:`fewshot_l2l.utils.meta_update` skipped (non-finite meta-loss or
+    meta-gradient) and stops the run after ``max_in_a_row`` of them in a row.
+
+    ``skipped`` counts since the last :meth:`take_interval` (the metrics column);
+    :meth:`state` / ``state=`` carry the counts through a checkpoint, for an exact resume.
+    """
+
+    def __init__(self, max_in_a_row: int, state: dict | None = None) -> None:
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row, self.skipped = (state or {}).get("in_a_row", 0), (state or {}).get("skipped", 0)
+
+    def record(self, stepped: bool, where: str, hint: str) -> None:
+        """Count one meta-update (``where``: e.g. ``"update 57"``); raise :class:`NonFiniteError` after too many skips."""
+        if stepped:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.max_in_a_row:
+            raise NonFiniteError(
+                f"{self.in_a_row} meta-updates in a row, up to {where}, had a non-finite meta-loss or meta-gradient "
+                f"and were skipped: the run stops (the weights are those before them; no checkpoint holds a NaN). {hint}"
+            )
+
+    def take_interval(self) -> int:
+        """The number skipped since the previous call (the metrics column), and reset it."""
+        skipped, self.skipped = self.skipped, 0
+        return skipped
+
+    def state(self) -> dict[str, Any]:
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
 
 
 class Stopwatch:

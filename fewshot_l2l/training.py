@@ -5,14 +5,20 @@ untrained starting point, same seed), ``last.pt`` (after every validation;
 resume from it with ``resume=True``), ``best.pt`` (best validation accuracy so
 far), ``metrics.csv`` (one row per validation) and ``curves.png`` (the whole
 ``metrics.csv`` drawn, :func:`fewshot_l2l.plots.plot_training_curves`), all
-written atomically.
+written atomically. The run holds the folder's lock, skips (and counts, in
+``metrics.csv``) meta-updates with a non-finite meta-loss or meta-gradient and
+stops after ``max_nonfinite`` in a row, and on SIGTERM / SIGINT saves ``last.pt``
+after the current update and exits (:mod:`fewshot_l2l.runs`, :mod:`fewshot_l2l.process`;
+``docs/guarantees.md``). Checkpoints record the dataset's content checksum:
+resuming or evaluating on another build of the dataset is refused.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import pickle
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -20,20 +26,23 @@ from tqdm.auto import tqdm
 
 from .adaptation import default_inner_steps, run_episodes
 from .data import ROTATE_CHOICES, load_splits
-from .data.episodes import EpisodeSampler
+from .data.episodes import EpisodeSampler, FewShotSplit
+from .data.identity import check_dataset, dataset_identity, resolve_stored_path
 from .evaluation import evaluate
 from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import MetaLearner
 from .plots import plot_training_curves, require_matplotlib
-from .runs import RunFolder, Stopwatch
-from .utils import meta_update, resolve_device
+from .process import StopSignals
+from .runs import NonFiniteGuard, RunFolder, Stopwatch
+from .utils import meta_update, nonfinite_tensors, resolve_device
 
-METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s")
+# skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
+METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s", "skipped_updates")
 
 
 # Settings that may differ when a run is resumed: budgets, intervals, where it runs and how fast.
 RESUMABLE_FIELDS = {"episodes", "max_minutes", "val_every", "val_episodes", "device", "data", "out", "resume",
-                    "compile", "amp"}
+                    "compile", "amp", "max_nonfinite"}
 
 
 @dataclass
@@ -65,21 +74,25 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/default"
     resume: bool = False
+    max_nonfinite: int = 10  # stop after this many meta-updates in a row skipped for a non-finite loss or gradient
 
     def __post_init__(self) -> None:
         if self.inner_steps is None:
             self.inner_steps = default_inner_steps(self.k_shot)
-        for name in ("n_way", "k_shot", "n_query", "inner_steps", "meta_batch", "episodes", "val_every", "val_episodes", "hidden_size"):
+        for name in ("n_way", "k_shot", "n_query", "inner_steps", "meta_batch", "episodes", "val_every", "val_episodes",
+                     "hidden_size", "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.rotate not in ROTATE_CHOICES:
             raise ValueError(f"TrainConfig: rotate must be one of {ROTATE_CHOICES}, got {self.rotate!r}")
         if self.query_bn not in QUERY_BN_MODES:
             raise ValueError(f"TrainConfig: query_bn must be one of {QUERY_BN_MODES}, got {self.query_bn!r}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"TrainConfig: max_minutes must be positive, got {self.max_minutes}")
-        if self.lr <= 0 or self.grad_clip <= 0:
-            raise ValueError(f"TrainConfig: lr and grad_clip must be positive, got {self.lr} and {self.grad_clip}")
+        # "not x > 0" rather than "x <= 0": NaN compares False with everything.
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ValueError(f"TrainConfig: max_minutes must be a positive finite number (or None), got {self.max_minutes}")
+        for name in ("lr", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"TrainConfig: {name} must be a positive finite number, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -104,14 +117,26 @@ def build_models(config: TrainConfig, image_shape: tuple[int, int, int]) -> tupl
     return meta_learner, learner
 
 
-def checkpoint_state(meta_learner, optimizer, learner, config, progress: dict) -> dict:
+def checkpoint_state(meta_learner, optimizer, learner, config, progress: dict, dataset: dict | None = None) -> dict:
     return {
         "meta_learner": meta_learner.state_dict(),
         "optimizer": optimizer.state_dict(),
         "learner": learner.state(),
         "config": asdict(config),
         "progress": progress,
+        "dataset": dataset,  # dataset_identity(): what resume and evaluation check the data against
     }
+
+
+def checkpoint_splits(path: str | Path, config: TrainConfig, checkpoint: dict, data: str | None = None) -> dict[str, FewShotSplit]:
+    """The splits to evaluate the checkpoint ``path`` on: those of ``data``, or by default of the dataset it was
+    trained on (a relative path of an older checkpoint is looked up as :func:`resolve_stored_path` says); another
+    build of the dataset is refused (:func:`fewshot_l2l.data.identity.check_dataset`)."""
+    data = data if data is not None else resolve_stored_path(config.data, path, config.out)
+    data = os.path.abspath(data) if data is not None else None
+    splits = load_splits(config.dataset, data, seed=config.seed, rotate=config.rotate)
+    check_dataset(checkpoint.get("dataset"), dataset_identity(config.dataset, data, splits), f"checkpoint {path}")
+    return splits
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MetaLearner, ConvLearner, TrainConfig, dict]:
@@ -128,61 +153,115 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         meta_learner.load_state_dict(checkpoint["meta_learner"])
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"checkpoint {path} is not a fewshot_l2l checkpoint or is corrupt: {error}") from error
+    bad = nonfinite_tensors({"meta_learner": checkpoint["meta_learner"], "optimizer": checkpoint.get("optimizer")})
+    if bad:
+        raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "
+                         "run, it cannot be evaluated or resumed")
     return meta_learner.to(device), learner, config, checkpoint
+
+
+def episode_sampler(split: FewShotSplit, config: TrainConfig, seed: int) -> EpisodeSampler:
+    """The sampler of ``config``'s episodes on ``split``; a split too small for them is a ``ValueError`` naming it."""
+    try:
+        return EpisodeSampler(split, config.n_way, config.k_shot, config.n_query, seed=seed)
+    except ValueError as error:
+        raise ValueError(
+            f"the {split.name} split of {config.data or config.dataset} ({split.n_classes} classes) cannot give "
+            f"{config.n_way}-way episodes of {config.k_shot} + {config.n_query} images per class ({error}): lower "
+            "--n-way, --k-shot or --n-query, or use a larger build of the dataset"
+        ) from error
 
 
 def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time).
 
+    Raises :class:`fewshot_l2l.process.RunLockedError` while another process runs in
+    ``config.out``; :class:`fewshot_l2l.runs.NonFiniteError` after ``config.max_nonfinite``
+    meta-updates in a row were skipped for a non-finite meta-loss or meta-gradient;
+    :class:`fewshot_l2l.process.RunInterrupted` (a ``SystemExit`` with status
+    ``128 + signal``) once a SIGTERM / SIGINT made it save ``last.pt``.
     On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator` first (as ``fewshot-train`` does) for speed.
     """
     require_matplotlib()  # curves.png is drawn at every validation: fail now rather than after the first interval
     device = resolve_device(config.device)
-    run = RunFolder(config.out, METRICS_COLUMNS, config.resume)
+    if config.data is not None:  # stored absolute, so that evaluation from another folder finds the file
+        config = replace(config, data=os.path.abspath(config.data))
+    with RunFolder(config.out, METRICS_COLUMNS, config.resume) as run, StopSignals() as stop:
+        return _meta_train(config, device, run, stop, progress)
 
+
+def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop: StopSignals, progress: bool) -> dict:
     splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)
+    dataset = dataset_identity(config.dataset, config.data, splits)
     meta_learner, learner = build_models(config, train_split.image_shape)
     meta_learner.to(device)
     if config.compile:
         meta_learner.compile_step()
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=config.lr)
-    sampler = EpisodeSampler(train_split, config.n_way, config.k_shot, config.n_query, seed=config.seed)
+    sampler = episode_sampler(train_split, config, config.seed)
+    episode_sampler(val_split, config, config.seed + 1)  # validation's episodes too: checked before the first update
     inner_generator = torch.Generator().manual_seed(config.seed)
     state = {"update": 0, "episodes": 0, "best_val_acc": -1.0, "elapsed_s": 0.0}
+    interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
+    nonfinite_state = None
 
     if run.resuming:
         _, _, saved_config, checkpoint = load_checkpoint(run.last, device)
         state = checkpoint["progress"]["state"]
-        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, state["update"])
+        check_dataset(checkpoint.get("dataset"), dataset, f"--resume {run.last}")
+        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, state["update"], checkpoint.get("run"))
         meta_learner.load_state_dict(checkpoint["meta_learner"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         sampler.generator.set_state(checkpoint["progress"]["sampler_rng"])
         inner_generator.set_state(checkpoint["progress"]["inner_rng"])
+        # A signal saves mid-interval: the interval's sums continue, so the resumed log equals an uninterrupted one.
+        interval_loss, interval_acc, interval_count = checkpoint["progress"].get("interval", (0.0, 0.0, 0))
+        nonfinite_state = checkpoint["progress"].get("nonfinite")
     else:
-        run.start(checkpoint_state(meta_learner, optimizer, learner, config, {"state": dict(state)}))
+        run.start(checkpoint_state(meta_learner, optimizer, learner, config, {"state": dict(state)}, dataset))
+    guard = NonFiniteGuard(config.max_nonfinite, nonfinite_state)
+    hint = f"Lower --lr ({config.lr}) or --grad-clip ({config.grad_clip}); {run.last}, if any, is the last checkpoint."
+    mean = lambda total: total / interval_count if interval_count else math.nan  # noqa: E731  (all skipped: NaN)
+
+    def save(improved: bool) -> None:
+        progress_state = {
+            "state": dict(state),
+            "sampler_rng": sampler.generator.get_state(),
+            "inner_rng": inner_generator.get_state(),
+            "interval": (interval_loss, interval_acc, interval_count),
+            "nonfinite": guard.state(),
+        }
+        run.save(checkpoint_state(meta_learner, optimizer, learner, config, progress_state, dataset), improved, state["update"])
 
     n_updates = math.ceil(config.episodes / config.meta_batch)
     val_every_updates = max(1, round(config.val_every / config.meta_batch))
-    interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
     clock = Stopwatch(state["elapsed_s"], config.max_minutes)
     bar = tqdm(total=n_updates, initial=state["update"], desc="meta-train", unit="update", disable=not progress)
     out_of_time = False
     while state["update"] < n_updates and not out_of_time:
+        if stop.requested:  # SIGTERM / SIGINT: save the exact state after the last update, and exit
+            state["elapsed_s"] = clock.elapsed_s
+            save(improved=False)
+            bar.close()
+            raise stop.interrupted(run.last, f"update {state['update']}")
         episode = sampler.sample(config.meta_batch)
         result = run_episodes(
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
             config.query_bn, config.second_order, inner_generator, amp=config.amp,
         )
-        meta_update(meta_learner, optimizer, result.loss, config.grad_clip)
+        stepped = meta_update(meta_learner, optimizer, result.loss, config.grad_clip)
+        guard.record(stepped, f"update {state['update'] + 1}", hint)
 
         state["update"] += 1
         state["episodes"] += episode.n_episodes
-        interval_loss += result.loss.item()
-        interval_acc += result.accuracy.mean().item()
-        interval_count += 1
+        if stepped:
+            interval_loss += result.loss.item()
+            interval_acc += result.accuracy.mean().item()
+            interval_count += 1
         # One redraw per update: the postfix is set without refreshing, then update() draws.
-        bar.set_postfix(loss=f"{interval_loss / interval_count:.3f}", acc=f"{interval_acc / interval_count:.3f}", refresh=False)
+        skipped = {"skipped": guard.skipped} if guard.skipped else {}
+        bar.set_postfix(loss=f"{mean(interval_loss):.3f}", acc=f"{mean(interval_acc):.3f}", **skipped, refresh=False)
         bar.update(1)
 
         out_of_time = clock.out_of_time()
@@ -193,23 +272,21 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
                 inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=False, amp=config.amp,
             )
             state["elapsed_s"] = clock.elapsed_s
-            train_acc = interval_acc / interval_count
-            run.log(update=state["update"], episodes=state["episodes"], train_loss=interval_loss / interval_count,
-                    train_acc=train_acc, val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"])
+            train_acc, skipped_updates = mean(interval_acc), guard.take_interval()
+            run.log(update=state["update"], episodes=state["episodes"], train_loss=mean(interval_loss),
+                    train_acc=train_acc, val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"],
+                    skipped_updates=skipped_updates)
             plot_training_curves(run.read_metrics(), run.path / "curves.png",
                                  f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})",
                                  chance=1 / config.n_way)
-            bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}")
+            skipped_note = f", {skipped_updates} meta-updates skipped (non-finite)" if skipped_updates else ""
+            bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}"
+                      f"{skipped_note}")
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
             improved = val.accuracy > state["best_val_acc"]
             if improved:
                 state["best_val_acc"] = val.accuracy
-            progress_state = {
-                "state": dict(state),
-                "sampler_rng": sampler.generator.get_state(),
-                "inner_rng": inner_generator.get_state(),
-            }
-            run.save(checkpoint_state(meta_learner, optimizer, learner, config, progress_state), improved)
+            save(improved)
     bar.close()
     return {
         "best_val_acc": state["best_val_acc"],

@@ -1,10 +1,13 @@
-"""Small shared helpers: devices, seeds, the one atomic file writer, the meta-update step."""
+"""Small shared helpers: devices, seeds, the one atomic file writer (and the clean-up of what a killed
+writer left), the finiteness checks, the meta-update step."""
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import random
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -136,14 +139,95 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def meta_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float | None) -> None:
+# The temporary names of AtomicFile: ".NAME.PID-8HEX.tmp".
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporary files that :class:`AtomicFile` writers killed before their commit left in ``folder``.
+
+    Only files named like the writer's temporaries (``.NAME.PID-RANDOM.tmp``, for
+    ``NAME == name`` when given) whose process ``PID`` no longer exists are
+    removed: a live writer's file, even another program's, is kept. PIDs are of
+    this machine: a folder shared with another host that is writing into it
+    at the same time is not supported. Returns the removed paths.
+    """
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match and (name is None or match["name"] == name) and not process_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return sorted(removed)
+
+
+def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """The names (dotted paths) of the floating-point tensors in ``obj`` holding a NaN or an infinity.
+
+    ``obj`` may nest dicts, lists and tuples (a checkpoint, a state dict, an
+    optimizer state); other leaves are ignored.
+    """
+    if isinstance(obj, torch.Tensor):
+        bad = (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all())
+        return [prefix or "tensor"] if bad else []
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value``, with every non-finite float in it (nested dicts, lists) replaced by ``None``.
+
+    For JSON output: ``json.dumps`` would write the non-standard ``Infinity`` / ``NaN``.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def meta_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float | None) -> bool:
     """One meta-update of ``model`` (a meta-learner or update rule): backward of the meta-loss,
-    global gradient-norm clipping (skipped when ``grad_clip`` is ``None``), optimizer step."""
+    global gradient-norm clipping (none when ``grad_clip`` is ``None``), optimizer step.
+
+    The one non-finite guard of both training loops: a NaN or infinite meta-loss,
+    or meta-gradient norm, skips the step, so ``model`` and the optimizer's state
+    (Adam's moments and step count) stay exactly as they were; the gradients are
+    cleared. Returns whether it stepped.
+    """
     optimizer.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(loss).all()):
+        return False
     loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # With max_norm=inf the clip multiplies by exactly 1.0: the same gradients, and their norm for the check.
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf if grad_clip is None else grad_clip)
+    if not math.isfinite(norm.item()):
+        optimizer.zero_grad(set_to_none=True)
+        return False
     optimizer.step()
+    return True
 
 
 _ALLOCATOR_TUNED = False

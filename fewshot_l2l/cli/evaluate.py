@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data import load_splits
 from ..evaluation import evaluate
-from ..training import load_checkpoint
+from ..training import checkpoint_splits, load_checkpoint
 from ..utils import resolve_device, tune_cpu_allocator
 from .args import DEVICE_HELP, device_arg
 
@@ -29,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
 
     tune_cpu_allocator()
     device = resolve_device(args.device)
-    meta_learner, learner, config, _ = load_checkpoint(args.checkpoint, device)
-    splits = load_splits(config.dataset, args.data or config.data, seed=config.seed, rotate=config.rotate)
+    meta_learner, learner, config, checkpoint = load_checkpoint(args.checkpoint, device)
+    splits = checkpoint_splits(args.checkpoint, config, checkpoint, args.data)
     split = splits[args.split].to(device)
     result = evaluate(
         meta_learner, learner, split, config.n_way,

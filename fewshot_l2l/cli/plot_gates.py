@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..data import load_splits
 from ..data.episodes import EpisodeSampler
 from ..gates import gate_statistics
 from ..plots import plot_gate_statistics
-from ..training import load_checkpoint
+from ..training import checkpoint_splits, load_checkpoint
 from ..utils import resolve_device
 from .args import DEVICE_HELP, device_arg
 
@@ -36,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--episodes and --batch-size must be >= 1, got {args.episodes} and {args.batch_size}")
 
     device = resolve_device(args.device)
-    meta_learner, learner, config, _ = load_checkpoint(args.checkpoint, device)
-    split = load_splits(config.dataset, args.data or config.data, seed=config.seed, rotate=config.rotate)[args.split]
+    meta_learner, learner, config, checkpoint = load_checkpoint(args.checkpoint, device)
+    split = checkpoint_splits(args.checkpoint, config, checkpoint, args.data)[args.split]
     sampler = EpisodeSampler(split.to(device), config.n_way, config.k_shot, config.n_query, seed=args.seed)
     batches = (sampler.sample(min(args.batch_size, args.episodes - start)) for start in range(0, args.episodes, args.batch_size))
     stats = gate_statistics(meta_learner, learner, batches, config.inner_steps, config.inner_batch_size,

@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default=defaults.out, help="RUN_DIR for checkpoints and metrics.csv")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
+    parser.add_argument("--max-nonfinite", type=int, default=defaults.max_nonfinite,
+                        help="stop after this many meta-updates in a row skipped for a NaN/inf meta-loss or gradient")
     args = parser.parse_args(argv)
     return TrainConfig(**{key: value for key, value in vars(args).items()})
 

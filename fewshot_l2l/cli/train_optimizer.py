@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, arg
     parser.add_argument("--out", default=defaults.out, help="RUN_DIR for checkpoints and metrics.csv")
     parser.add_argument("--init-from", default=None, help="checkpoint of another run whose rule weights to start from")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (e.g. with more --iterations)")
+    parser.add_argument("--max-nonfinite", type=int, default=defaults.max_nonfinite,
+                        help="stop after this many meta-updates in a row skipped for a NaN/inf meta-loss or gradient")
     parser.add_argument("--n-test", type=int, default=100, help="held-out problems of the final evaluation (0: skip it)")
     args = parser.parse_args(argv)
     values = {key: value for key, value in vars(args).items() if key != "n_test"}

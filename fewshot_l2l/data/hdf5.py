@@ -18,7 +18,9 @@ Files are written through :class:`fewshot_l2l.utils.AtomicFile` (the package's
 one atomic writer; h5py writes the file incrementally, so it cannot be a single
 ``write(tmp)`` call): a hidden temporary file beside ``FILE``, renamed over it
 only once complete; missing folders are created; any exception removes the
-temporary file, so an interrupted build never leaves a file that looks valid.
+temporary file, so an interrupted build never leaves a file that looks valid. The
+temporary files that killed builds of the same file left (their process is gone)
+are removed when the next build starts.
 
 :class:`HDF5Splits` opens the file lazily (on first access, not in
 ``__init__``) and drops the handle when pickled, so it can be handed to
@@ -37,7 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ..utils import AtomicFile
+from ..utils import AtomicFile, remove_stale_temps
 from .episodes import FewShotSplit
 
 FORMAT_NAME = "fewshot_l2l"
@@ -133,6 +135,7 @@ class HDF5Writer:
         self.file: Any = None
 
     def __enter__(self) -> "HDF5Writer":
+        remove_stale_temps(self.path.parent, self.path.name)  # what killed builds of this file left
         self.target = AtomicFile(self.path)
         try:
             self.file = _h5py().File(self.target.tmp_path, "w")

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .problems import ProblemBatch
 from .rules import UpdateRule
+from ..utils import finite_or_none
 
 BASELINES: dict[str, Callable[[Tensor, float], torch.optim.Optimizer]] = {
     "sgd": lambda theta, lr: torch.optim.SGD([theta], lr=lr),
@@ -147,8 +148,8 @@ class Comparison:
         return self.learned_sum_loss / self.baselines[self.best_baseline_sum].sum_loss
 
     def summary(self, problem: str) -> dict:
-        """Flat JSON-ready figures."""
-        return {
+        """Flat JSON-ready figures (a diverged, non-finite one is ``None``: JSON has no Infinity)."""
+        return finite_or_none({
             "problem": problem,
             "horizon": self.horizon,
             "n_test": self.n_test,
@@ -162,7 +163,7 @@ class Comparison:
                 name: {"lr_final": b.lr_final, "final_loss": b.final_loss, "lr_sum": b.lr_sum, "sum_loss": b.sum_loss}
                 for name, b in self.baselines.items()
             },
-        }
+        })
 
     def table(self) -> str:
         """A Markdown table of the figures (learned first, then each baseline and its ratio)."""

@@ -14,7 +14,10 @@ derivatives of ``f``); the path ``phi -> theta_t -> f(theta_t)`` is exact.
 
 ``RUN_DIR`` (:class:`fewshot_l2l.runs.RunFolder`) receives ``init.pt``, ``last.pt`` (every validation;
 ``resume`` continues it), ``best.pt`` (lowest validation sum of losses on ``tune`` problems) and
-``metrics.csv``, all written atomically.
+``metrics.csv``, all written atomically. As in the few-shot loop, the run holds the folder's lock,
+skips (and counts) meta-updates with a non-finite meta-loss or meta-gradient, stopping after
+``max_nonfinite`` in a row, and on SIGTERM / SIGINT saves ``last.pt`` after the current iteration
+and exits (``docs/guarantees.md``).
 """
 
 from __future__ import annotations
@@ -30,17 +33,20 @@ from tqdm.auto import tqdm
 from .problems import PROBLEMS, make_problems
 from .evaluation import curve_metrics, rule_curve
 from .rules import RULES, UpdateRule, build_rule
-from ..runs import RunFolder, Stopwatch
-from ..utils import atomic_torch_save, meta_update, resolve_device
+from ..process import StopSignals
+from ..runs import NonFiniteGuard, RunFolder, Stopwatch
+from ..utils import finite_or_none, meta_update, nonfinite_tensors, resolve_device
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
 PROBLEM_DEFAULTS = {"quadratic": {"meta_batch": 128, "val_problems": 100}, "mlp": {"meta_batch": 1, "val_problems": 10}}
-METRICS_COLUMNS = ("iteration", "train_meta_loss", "val_final_loss", "val_sum_loss", "elapsed_s")
+# skipped_updates: meta-updates (unrolls) of the interval skipped for a non-finite meta-loss or meta-gradient.
+METRICS_COLUMNS = ("iteration", "train_meta_loss", "val_final_loss", "val_sum_loss", "elapsed_s", "skipped_updates")
 
 
 # Settings that may differ when a run is resumed; lr too: a resumed run may start a lower-rate phase.
-RESUMABLE_FIELDS = {"iterations", "max_minutes", "lr", "val_every", "device", "out", "resume", "init_from"}
+RESUMABLE_FIELDS = {"iterations", "max_minutes", "lr", "val_every", "device", "out", "resume", "init_from",
+                    "max_nonfinite"}
 
 
 @dataclass
@@ -65,6 +71,7 @@ class OptimizerTrainConfig:
     out: str = "runs/optimizer"
     init_from: str | None = None  # start from the rule weights of another run's checkpoint (same rule and sizes)
     resume: bool = False  # continue RUN_DIR/last.pt (same problem stream: iteration k always draws the same problems)
+    max_nonfinite: int = 10  # stop after this many meta-updates in a row skipped for a non-finite loss or gradient
 
     def __post_init__(self) -> None:
         if self.problem not in PROBLEMS:
@@ -74,16 +81,18 @@ class OptimizerTrainConfig:
                 setattr(self, name, value)
         if self.rule not in RULES:
             raise ValueError(f"OptimizerTrainConfig: rule must be one of {RULES}, got {self.rule!r}")
-        for name in ("hidden_size", "horizon", "unroll", "meta_batch", "iterations", "val_every", "val_problems"):
+        for name in ("hidden_size", "horizon", "unroll", "meta_batch", "iterations", "val_every", "val_problems",
+                     "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ValueError(f"OptimizerTrainConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.horizon % self.unroll:
             raise ValueError(f"OptimizerTrainConfig: horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
-        if self.lr <= 0 or self.output_scale <= 0 or (self.grad_clip is not None and self.grad_clip <= 0):
-            raise ValueError(f"OptimizerTrainConfig: lr, output_scale and grad_clip must be positive, got {self.lr}, "
-                             f"{self.output_scale}, {self.grad_clip}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"OptimizerTrainConfig: max_minutes must be positive, got {self.max_minutes}")
+        # "not x > 0" rather than "x <= 0": NaN compares False with everything.
+        for name in ("lr", "output_scale", "grad_clip", "max_minutes"):
+            value = getattr(self, name)
+            if (value is not None or name in ("lr", "output_scale")) and not (math.isfinite(value) and value > 0):
+                optional = " (or None)" if name in ("grad_clip", "max_minutes") else ""
+                raise ValueError(f"OptimizerTrainConfig: {name} must be a positive finite number{optional}, got {value}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "OptimizerTrainConfig":
@@ -117,6 +126,10 @@ def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -
         rule.load_state_dict(checkpoint["rule"])
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"checkpoint {path} is not a learned-optimizer checkpoint or is corrupt: {error}") from error
+    bad = nonfinite_tensors({"rule": checkpoint["rule"], "optimizer": checkpoint.get("optimizer")})
+    if bad:
+        raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "
+                         "run, it cannot be evaluated or resumed")
     return rule.to(device), config, checkpoint
 
 
@@ -145,20 +158,32 @@ def validate(rule: UpdateRule, val_problems, horizon: int) -> tuple[float, float
 
 
 def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict:
-    """Meta-train the rule of ``config`` on its problem distribution; return a summary dict."""
-    device = resolve_device(config.device)
-    run = RunFolder(config.out, METRICS_COLUMNS, config.resume)
+    """Meta-train the rule of ``config`` on its problem distribution; return a summary dict (non-finite figures
+    as ``None``, so that it is valid JSON).
 
+    Raises as :func:`fewshot_l2l.training.meta_train` does (a locked folder, too many
+    non-finite meta-updates in a row, a stop signal once ``last.pt`` is saved).
+    """
+    device = resolve_device(config.device)
+    with RunFolder(config.out, METRICS_COLUMNS, config.resume) as run, StopSignals() as stop:
+        return finite_or_none(_train_optimizer(config, device, run, stop, progress))
+
+
+def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: RunFolder, stop: StopSignals,
+                     progress: bool) -> dict:
     distribution = make_problems(config.problem, device)
     rule = build_rule_for(config).to(device)
     meta_optimizer = torch.optim.Adam([p for p in rule.parameters() if p.requires_grad], lr=config.lr)
     val_problems = distribution.sample(config.val_problems, config.seed, split="tune")
+    interval_loss, interval_count = 0.0, 0
 
     def checkpoint(state: dict) -> dict:
+        progress_state = {**state, "interval": (interval_loss, interval_count), "nonfinite": guard.state()}
         return {"rule": rule.state_dict(), "rule_config": rule.config(), "optimizer": meta_optimizer.state_dict(),
-                "config": asdict(config), "progress": dict(state)}
+                "config": asdict(config), "progress": progress_state}
 
     state = {"iteration": 0, "best_val_sum_loss": math.inf, "elapsed_s": 0.0}
+    guard = NonFiniteGuard(config.max_nonfinite)
     if config.init_from is not None:
         source, _, _ = load_rule_checkpoint(config.init_from, device)
         if source.config() != rule.config():
@@ -166,49 +191,62 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
         rule.load_state_dict(source.state_dict())
     if run.resuming:
         _, saved_config, saved = load_rule_checkpoint(run.last, device)
-        state = dict(saved["progress"])
-        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, state["iteration"])
+        state = {key: value for key, value in saved["progress"].items() if key not in ("interval", "nonfinite")}
+        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, state["iteration"], saved.get("run"))
         rule.load_state_dict(saved["rule"])
         meta_optimizer.load_state_dict(saved["optimizer"])
         for group in meta_optimizer.param_groups:  # a resumed run may lower the meta-learning rate (a second phase)
             group["lr"] = config.lr
+        # A signal saves between validations: the interval's sums continue, as in an uninterrupted run.
+        interval_loss, interval_count = saved["progress"].get("interval", (0.0, 0))
+        guard = NonFiniteGuard(config.max_nonfinite, saved["progress"].get("nonfinite"))
     else:
         run.start(checkpoint(state))
+    hint = f"Lower --lr ({config.lr}) or set --grad-clip ({config.grad_clip}); {run.last}, if any, is the last checkpoint."
 
     clock = Stopwatch(state["elapsed_s"], config.max_minutes)
-    interval_loss, interval_count = 0.0, 0
     bar = tqdm(total=config.iterations, initial=state["iteration"], desc=f"meta-train {config.rule} on {config.problem}", unit="iter", disable=not progress)
     out_of_time = False
     while state["iteration"] < config.iterations and not out_of_time:
+        if stop.requested:  # SIGTERM / SIGINT: save the exact state after the last iteration, and exit
+            state["elapsed_s"] = clock.elapsed_s
+            run.save(checkpoint(state), improved=False, step=state["iteration"])
+            bar.close()
+            raise stop.interrupted(run.last, f"iteration {state['iteration']}")
         problems = distribution.sample(config.meta_batch, config.seed * 1_000_003 + state["iteration"], split="train")
         theta = problems.initial_theta()
         rule_state = rule.initial_state(theta)
         for start in range(0, config.horizon, config.unroll):
             meta_loss, theta, rule_state = unrolled_meta_loss(rule, problems, theta, rule_state, start, config.unroll)
-            meta_update(rule, meta_optimizer, meta_loss, config.grad_clip)
+            stepped = meta_update(rule, meta_optimizer, meta_loss, config.grad_clip)
+            guard.record(stepped, f"iteration {state['iteration'] + 1}", hint)
+            if not stepped:  # the iterates diverged: the rest of this batch's horizon would only repeat it
+                break
             theta, rule_state = theta.detach(), tuple(s.detach() for s in rule_state)
             interval_loss += meta_loss.item() / config.unroll
             interval_count += 1
         state["iteration"] += 1
         bar.update(1)
-        bar.set_postfix(meta_loss=f"{interval_loss / interval_count:.4g}")
+        skipped = {"skipped": guard.skipped} if guard.skipped else {}
+        bar.set_postfix(meta_loss=f"{interval_loss / interval_count if interval_count else math.nan:.4g}", **skipped)
 
         out_of_time = clock.out_of_time()
         if state["iteration"] % config.val_every == 0 or state["iteration"] == config.iterations or out_of_time:
             val_final, val_sum = validate(rule, val_problems, config.horizon)
             state["elapsed_s"] = clock.elapsed_s
-            train_meta_loss = interval_loss / interval_count
+            train_meta_loss = interval_loss / interval_count if interval_count else math.nan
+            skipped_updates = guard.take_interval()
             run.log(iteration=state["iteration"], train_meta_loss=train_meta_loss, val_final_loss=val_final,
-                    val_sum_loss=val_sum, elapsed_s=state["elapsed_s"])
+                    val_sum_loss=val_sum, elapsed_s=state["elapsed_s"], skipped_updates=skipped_updates)
+            skipped_note = f", {skipped_updates} meta-updates skipped (non-finite)" if skipped_updates else ""
             bar.write(f"iteration {state['iteration']}: train meta-loss/step {train_meta_loss:.4g}, "
-                      f"val final loss {val_final:.4g}, val sum of losses {val_sum:.4g}")
+                      f"val final loss {val_final:.4g}, val sum of losses {val_sum:.4g}{skipped_note}")
             interval_loss, interval_count = 0.0, 0
             improved = val_sum < state["best_val_sum_loss"]
             if improved:
                 state["best_val_sum_loss"] = val_sum
-            run.save(checkpoint(state), improved)
+            run.save(checkpoint(state), improved, state["iteration"])
     bar.close()
-    if not run.best.exists():  # every validation diverged: keep the last weights as "best" so evaluation can run
-        atomic_torch_save(checkpoint(state), run.best)
+    run.save_best_if_missing(checkpoint(state), state["iteration"])  # every validation diverged: evaluation can still run
     return {"iterations": state["iteration"], "best_val_sum_loss": state["best_val_sum_loss"],
             "elapsed_s": state["elapsed_s"], "best": str(run.best), "last": str(run.last)}

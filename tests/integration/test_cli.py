@@ -79,7 +79,6 @@ def test_torch_device_strings_are_accepted(tmp_path, monkeypatch, tiny_splits, c
     from fewshot_l2l.cli import evaluate, train
 
     monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
-    monkeypatch.setattr(evaluate, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
     out = tmp_path / "run"
     train.main(["--n-way", "3", "--n-query", "2", "--inner-steps", "1", "--meta-batch", "1", "--episodes", "1",
                 "--hidden-channels", "2", "--hidden-size", "2", "--val-every", "1", "--val-episodes", "1",

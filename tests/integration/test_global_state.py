@@ -85,7 +85,6 @@ def test_meta_train_load_checkpoint_and_evaluate_leave_global_state_alone(tiny_d
 
 
 def test_front_ends_make_the_process_wide_settings(tiny_data, tmp_path, allocator_calls, monkeypatch, capsys):
-    monkeypatch.setattr(evaluate_cli, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_data)
     summary = meta_train(config(tmp_path), progress=False)
     evaluate_cli.main(["--checkpoint", summary["best"], "--episodes", "2", "--device", "cpu", "--json"])
     assert allocator_calls == ["libc.so.6"]
