@@ -11,7 +11,6 @@ written atomically.
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adaptation import default_inner_steps, run_episodes
+from .checkpoints import corrupt, read_checkpoint
 from .data import ROTATE_CHOICES, load_splits
 from .data.episodes import EpisodeSampler
 from .evaluation import evaluate
@@ -115,19 +115,22 @@ def checkpoint_state(meta_learner, optimizer, learner, config, progress: dict) -
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MetaLearner, ConvLearner, TrainConfig, dict]:
-    """Rebuild ``(meta_learner, learner, config, raw_checkpoint)`` from a ``.pt`` file written by :func:`meta_train`."""
+    """Rebuild ``(meta_learner, learner, config, raw_checkpoint)`` from a ``.pt`` file written by :func:`meta_train`.
+
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` for a path that is no file, and
+    ``ValueError`` ("... is not a fewshot_l2l checkpoint or is corrupt") for any other file
+    (:func:`fewshot_l2l.checkpoints.read_checkpoint`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = read_checkpoint(path, device, "fewshot_l2l", ("learner", "config", "meta_learner"))
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
         learner = ConvLearner(LearnerConfig(**checkpoint["learner"]))
         config = TrainConfig.from_dict(checkpoint["config"])
         with torch.random.fork_rng(devices=[]):  # its random init, overwritten below, must not consume the global generator
             meta_learner = MetaLearner(torch.zeros(learner.n_params), config.hidden_size)
         meta_learner.load_state_dict(checkpoint["meta_learner"])
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise ValueError(f"checkpoint {path} is not a fewshot_l2l checkpoint or is corrupt: {error}") from error
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise corrupt(path, "fewshot_l2l", error) from error
     return meta_learner.to(device), learner, config, checkpoint
 
 
