@@ -59,13 +59,11 @@ class ConvLearner:
             value = getattr(config, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ConvLearner: {name} must be an integer >= 1, got {value!r}")
-        side = config.image_size
-        for _ in range(config.n_blocks):
-            side //= 2
+        side = config.image_size >> config.n_blocks  # halved by each block's 2x2 max-pool (floor), without a loop
         if side < 1:
             raise ValueError(
                 f"ConvLearner: image_size={config.image_size} is too small for {config.n_blocks} "
-                f"blocks of 2x2 max-pooling (needs at least {2 ** config.n_blocks})"
+                f"blocks of 2x2 max-pooling (needs at least 2**{config.n_blocks})"
             )
         self.config = config
         self.feature_dim = config.hidden_channels * side * side

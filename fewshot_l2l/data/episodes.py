@@ -141,7 +141,8 @@ class EpisodeSampler:
                 f"EpisodeSampler: n_way={n_way} is larger than the {split.n_classes} classes of split {split.name!r}"
             )
         per_class = k_shot + n_query
-        too_small = torch.nonzero(split.class_sizes < per_class).flatten()
+        # Compared as at most (largest class + 1): a huge Python int would overflow the int64 comparison.
+        too_small = torch.nonzero(split.class_sizes < min(per_class, int(split.class_sizes.max()) + 1)).flatten()
         if len(too_small):
             first = int(too_small[0])
             raise ValueError(

@@ -196,6 +196,8 @@ def detect_layout(root: str | Path) -> str:
     in the error with the files that are missing.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"miniimagenet: source {root} is a file; give the folder that holds one of the layouts")
     if not root.is_dir():
         raise FileNotFoundError(f"miniimagenet: source folder {root} does not exist")
     partial = []
