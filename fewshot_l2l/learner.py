@@ -24,6 +24,7 @@ Design choices (each documented because it changes results):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor
 
 QUERY_BN_MODES = ("batch", "support")
 BN_EPS = 1e-5
+MAX_NUMEL = 2**63 - 1  # torch sizes are int64
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,14 @@ class ConvLearner:
 
     def __init__(self, config: LearnerConfig) -> None:
         for name in ("in_channels", "image_size", "n_way", "hidden_channels", "n_blocks"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"ConvLearner: {name} must be >= 1, got {getattr(config, name)}")
-        side = config.image_size
-        for _ in range(config.n_blocks):
-            side //= 2
+            value = getattr(config, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ConvLearner: {name} must be an integer >= 1, got {value!r}")
+        side = config.image_size >> config.n_blocks  # halved by each block's 2x2 max-pool (floor), without a loop
         if side < 1:
             raise ValueError(
                 f"ConvLearner: image_size={config.image_size} is too small for {config.n_blocks} "
-                f"blocks of 2x2 max-pooling (needs at least {2 ** config.n_blocks})"
+                f"blocks of 2x2 max-pooling (needs at least 2**{config.n_blocks})"
             )
         self.config = config
         self.feature_dim = config.hidden_channels * side * side
@@ -78,6 +79,22 @@ class ConvLearner:
         self.param_shapes = shapes
         self.param_sizes = [math.prod(shape) for _, shape in shapes]
         self.n_params = sum(self.param_sizes)
+        if self.n_params > MAX_NUMEL:  # else torch fails deep inside init_params with an overflow
+            raise ValueError(f"ConvLearner: {self.n_params} parameters do not fit in one tensor (at most {MAX_NUMEL}); "
+                             "reduce n_way, hidden_channels or image_size")
+
+    def check_images(self, image_shape: tuple[int, ...], source: str) -> None:
+        """Raise ``ValueError`` naming ``source`` unless its images (``(C, H, W)``) are the ones this learner takes.
+
+        A checkpoint's learner is built for the images it was trained on; images of
+        another size or channel count would only fail deep inside the first forward pass.
+        """
+        expected = (self.config.in_channels, self.config.image_size, self.config.image_size)
+        if tuple(image_shape) != expected:
+            raise ValueError(
+                f"{source} has images of shape {'x'.join(map(str, image_shape))} (C x H x W), but the learner "
+                f"takes {'x'.join(map(str, expected))}: use the dataset file the checkpoint was trained on"
+            )
 
     def state(self) -> dict:
         """Plain-dict config for checkpoints."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adaptation import default_inner_steps, run_episodes
+from .checkpoints import corrupt, read_checkpoint
 from .data import ROTATE_CHOICES, load_splits
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity, resolve_stored_path
@@ -140,19 +140,22 @@ def checkpoint_splits(path: str | Path, config: TrainConfig, checkpoint: dict, d
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MetaLearner, ConvLearner, TrainConfig, dict]:
-    """Rebuild ``(meta_learner, learner, config, raw_checkpoint)`` from a ``.pt`` file written by :func:`meta_train`."""
+    """Rebuild ``(meta_learner, learner, config, raw_checkpoint)`` from a ``.pt`` file written by :func:`meta_train`.
+
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` for a path that is no file, and
+    ``ValueError`` ("... is not a fewshot_l2l checkpoint or is corrupt") for any other file
+    (:func:`fewshot_l2l.checkpoints.read_checkpoint`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = read_checkpoint(path, device, "fewshot_l2l", ("learner", "config", "meta_learner"))
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
         learner = ConvLearner(LearnerConfig(**checkpoint["learner"]))
         config = TrainConfig.from_dict(checkpoint["config"])
         with torch.random.fork_rng(devices=[]):  # its random init, overwritten below, must not consume the global generator
             meta_learner = MetaLearner(torch.zeros(learner.n_params), config.hidden_size)
         meta_learner.load_state_dict(checkpoint["meta_learner"])
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise ValueError(f"checkpoint {path} is not a fewshot_l2l checkpoint or is corrupt: {error}") from error
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise corrupt(path, "fewshot_l2l", error) from error
     bad = nonfinite_tensors({"meta_learner": checkpoint["meta_learner"], "optimizer": checkpoint.get("optimizer")})
     if bad:
         raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..evaluation import evaluate
 from ..training import checkpoint_splits, load_checkpoint
 from ..utils import resolve_device, tune_cpu_allocator
-from .args import DEVICE_HELP, device_arg
+from .args import DEVICE_HELP, command, device_arg, new_parser, positive_int, seed_int
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt, last.pt or init.pt")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--episodes", type=positive_int, default=600)
     parser.add_argument("--data", default=None, help="dataset file; default: the one the checkpoint was trained on")
-    parser.add_argument("--k-shot", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--n-query", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--inner-steps", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--batch-size", type=int, default=8, help="episodes evaluated at once")
+    parser.add_argument("--k-shot", type=positive_int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--n-query", type=positive_int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--inner-steps", type=positive_int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="episodes evaluated at once")
     parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
-    parser.add_argument("--seed", type=int, default=0, help="episode seed: same seed, same episodes")
+    parser.add_argument("--seed", type=seed_int, default=0, help="episode seed: same seed, same episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     args = parser.parse_args(argv)
 
@@ -31,21 +31,23 @@ def main(argv: list[str] | None = None) -> None:
     meta_learner, learner, config, checkpoint = load_checkpoint(args.checkpoint, device)
     splits = checkpoint_splits(args.checkpoint, config, checkpoint, args.data)
     split = splits[args.split].to(device)
+    learner.check_images(split.image_shape, f"split {args.split!r} of {args.data or config.data or config.dataset}")
+    k_shot = config.k_shot if args.k_shot is None else args.k_shot
+    n_query = config.n_query if args.n_query is None else args.n_query
+    inner_steps = config.inner_steps if args.inner_steps is None else args.inner_steps
     result = evaluate(
-        meta_learner, learner, split, config.n_way,
-        args.k_shot or config.k_shot, args.n_query or config.n_query, args.inner_steps or config.inner_steps,
+        meta_learner, learner, split, config.n_way, k_shot, n_query, inner_steps,
         n_episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=not args.json, amp=config.amp,
     )
     if args.json:
         print(json.dumps({
             "checkpoint": args.checkpoint, "split": args.split, "n_way": config.n_way,
-            "k_shot": args.k_shot or config.k_shot, "accuracy": result.accuracy, "ci95": result.ci95,
+            "k_shot": k_shot, "accuracy": result.accuracy, "ci95": result.ci95,
             "n_episodes": result.n_episodes,
         }))
     else:
-        print(f"{args.checkpoint} on {config.dataset}/{args.split}, {config.n_way}-way "
-              f"{args.k_shot or config.k_shot}-shot: {result}")
+        print(f"{args.checkpoint} on {config.dataset}/{args.split}, {config.n_way}-way {k_shot}-shot: {result}")
 
 
 if __name__ == "__main__":

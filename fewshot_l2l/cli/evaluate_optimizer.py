@@ -6,9 +6,7 @@ Thin wrapper over fewshot_l2l.optim.evaluation.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..plots import require_matplotlib
@@ -16,34 +14,32 @@ from ..optim.evaluation import BASELINES, DEFAULT_LR_GRID, compare, plot_curves
 from ..optim.problems import make_problems
 from ..optim.training import load_rule_checkpoint
 from ..utils import resolve_device
-from .args import DEVICE_HELP, device_arg
+from .args import DEVICE_HELP, command, device_arg, new_parser, output_file, positive_float, positive_int, seed_int
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt (or last.pt, init.pt) of fewshot-train-optimizer")
-    parser.add_argument("--horizon", type=int, default=None, help="steps per problem (default: the trained horizon)")
-    parser.add_argument("--n-test", type=int, default=100, help="held-out test problems")
-    parser.add_argument("--n-tune", type=int, default=100, help="problems for the baselines' learning-rate search")
-    parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DEFAULT_LR_GRID), help="learning rates tried")
+    parser.add_argument("--horizon", type=positive_int, default=None, help="steps per problem (default: the trained horizon)")
+    parser.add_argument("--n-test", type=positive_int, default=100, help="held-out test problems")
+    parser.add_argument("--n-tune", type=positive_int, default=100, help="problems for the baselines' learning-rate search")
+    parser.add_argument("--lr-grid", type=positive_float, nargs="+", default=list(DEFAULT_LR_GRID), help="learning rates tried")
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES))
-    parser.add_argument("--plot", default=None, help="PNG path (default: next to the checkpoint, <name>_h<horizon>.png)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tuning and test problems")
+    parser.add_argument("--plot", type=output_file, default=None, help="PNG path (default: next to the checkpoint, <name>_h<horizon>.png)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the tuning and test problems")
     parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args(argv)
 
-    try:  # before the comparison, which can take an hour, rather than at the plot after it
-        require_matplotlib()
-    except ImportError as error:
-        sys.exit(f"{parser.prog}: error: {error}")
+    require_matplotlib()  # before the comparison, which can take an hour, rather than at the plot after it
     device = resolve_device(args.device)
     rule, config, _ = load_rule_checkpoint(args.checkpoint, device)
-    horizon = args.horizon or config.horizon
+    horizon = config.horizon if args.horizon is None else args.horizon
     comparison = compare(rule, make_problems(config.problem, device), horizon, n_test=args.n_test, n_tune=args.n_tune,
                          seed=args.seed, lr_grid=args.lr_grid, baselines=args.baselines, progress=not args.json)
     checkpoint = Path(args.checkpoint)
-    plot = args.plot or str(checkpoint.with_name(f"{checkpoint.stem}_h{horizon}.png"))
+    plot = args.plot if args.plot is not None else str(checkpoint.with_name(f"{checkpoint.stem}_h{horizon}.png"))
     plot_curves(comparison, plot, f"{config.problem}: {config.rule} rule, horizon {horizon} (trained {config.horizon})")
     summary = comparison.summary(config.problem)
     summary["plot"] = plot

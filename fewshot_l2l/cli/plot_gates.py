@@ -6,7 +6,6 @@ learner, on seeded episodes of a split (the same episodes as scripts/evaluate.py
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -17,32 +16,32 @@ from ..gates import gate_statistics
 from ..plots import plot_gate_statistics
 from ..training import checkpoint_splits, load_checkpoint
 from ..utils import resolve_device
-from .args import DEVICE_HELP, device_arg
+from .args import DEVICE_HELP, command, device_arg, new_parser, output_file, positive_int, seed_int
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt, last.pt or init.pt of scripts/train.py")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--episodes", type=int, default=100, help="episodes the statistics are taken over")
-    parser.add_argument("--batch-size", type=int, default=8, help="episodes adapted at once")
+    parser.add_argument("--episodes", type=positive_int, default=100, help="episodes the statistics are taken over")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="episodes adapted at once")
     parser.add_argument("--data", default=None, help="dataset file; default: the one the checkpoint was trained on")
-    parser.add_argument("--seed", type=int, default=0, help="episode seed: same seed, same episodes")
+    parser.add_argument("--seed", type=seed_int, default=0, help="episode seed: same seed, same episodes")
     parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
-    parser.add_argument("--out", default=None, help="PNG path (default: next to the checkpoint, <name>_gates.png)")
+    parser.add_argument("--out", type=output_file, default=None, help="PNG path (default: next to the checkpoint, <name>_gates.png)")
     args = parser.parse_args(argv)
-    if args.episodes < 1 or args.batch_size < 1:
-        parser.error(f"--episodes and --batch-size must be >= 1, got {args.episodes} and {args.batch_size}")
 
     device = resolve_device(args.device)
     meta_learner, learner, config, checkpoint = load_checkpoint(args.checkpoint, device)
     split = checkpoint_splits(args.checkpoint, config, checkpoint, args.data)[args.split]
+    learner.check_images(split.image_shape, f"split {args.split!r} of {args.data or config.data or config.dataset}")
     sampler = EpisodeSampler(split.to(device), config.n_way, config.k_shot, config.n_query, seed=args.seed)
     batches = (sampler.sample(min(args.batch_size, args.episodes - start)) for start in range(0, args.episodes, args.batch_size))
     stats = gate_statistics(meta_learner, learner, batches, config.inner_steps, config.inner_batch_size,
                             generator=torch.Generator().manual_seed(args.seed), amp=config.amp)
     checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.stem}_gates.png")
+    out = Path(args.out) if args.out is not None else checkpoint.with_name(f"{checkpoint.stem}_gates.png")
     plot_gate_statistics(stats, out, f"meta-learner gates: {checkpoint}, {config.dataset}/{args.split}, "
                                      f"{config.n_way}-way {config.k_shot}-shot")
     print(stats.table())

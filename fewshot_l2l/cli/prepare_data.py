@@ -5,62 +5,81 @@ Needs the ``data`` extra (h5py, Pillow; torchvision for --download).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 from ..data.download import MINIIMAGENET_NOTE, OMNIGLOT_ZIPS, download_omniglot
 from ..extras import require
+from .args import command, new_parser, positive_int, seed_int
 
 
+def check_out(parser, out: Path, read_by_build: bool, force: bool) -> None:
+    """Refuse, before any work, an ``--out`` that the build would destroy or could not write."""
+    if out.is_dir():
+        parser.error(f"--out {out} is a folder: give the path of the FILE.h5 to write")
+    if read_by_build:  # even with --force: the build would replace its own input
+        parser.error(f"--out {out} is one of the --source files (or read from a --source folder): "
+                     "the build would overwrite its own input; choose another --out")
+    if out.exists() and not force:
+        parser.error(f"--out {out} exists: pass --force to replace it, or choose another --out")
+    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        parser.error(f"--out {out}: {blocking} is a file, not a folder")
+
+
+@command
 def main(argv: list[str] | None = None) -> None:
-    try:  # every build needs both; checked first, since the builders import Pillow when imported
-        for module in ("h5py", "PIL"):
-            require(module, "data", "building a dataset file")
-    except ModuleNotFoundError as error:
-        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {error}")
-    from ..data.miniimagenet import IMAGE_SIZE as MINIIMAGENET_SIZE, build_miniimagenet
-    from ..data.omniglot import build_omniglot
+    for module in ("h5py", "PIL"):  # every build needs both; checked first, since the builders import Pillow when imported
+        require(module, "data", "building a dataset file")
+    from ..data import miniimagenet, omniglot
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("dataset", choices=("omniglot", "miniimagenet"))
     parser.add_argument("--source", nargs="*", default=[],
                         help="omniglot: zips and/or extracted folders, any combination; miniimagenet: one folder "
                              "(CSV + images/, or train/val/test class folders, or the three pickle caches)")
-    parser.add_argument("--out", required=True, help="output FILE.h5 (written atomically)")
+    parser.add_argument("--out", required=True, help="output FILE.h5 (written atomically; never one of the --source files)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--download", action="store_true",
                         help=f"omniglot: fetch {' and '.join(OMNIGLOT_ZIPS)} (MD5-verified, kept if already there) "
                              "into the first --source if it is a folder, else beside --out, and build from them")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help=f"side of the stored square images (default: omniglot 28, at most 105; miniimagenet {MINIIMAGENET_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the omniglot split assignment")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="miniimagenet: allow building from the pickle caches; unpickling runs any code a pickle "
+                             "names, so only for caches from a source you trust")
+    parser.add_argument("--image-size", type=positive_int, default=None,
+                        help=f"side of the stored square images (default: omniglot 28, at most 105; "
+                             f"miniimagenet {miniimagenet.IMAGE_SIZE})")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the omniglot split assignment")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    out = Path(args.out)
 
-    try:
-        if args.dataset == "omniglot":
-            sources = list(args.source)
-            if args.download:  # into the first --source if it is a folder (or missing), else beside --out
-                first = Path(sources[0]) if sources else None
-                folder = first if first is not None and (first.is_dir() or not first.exists()) else Path(args.out).parent
-                others = [s for s in sources if Path(s) != folder]
-                sources = [str(p) for p in download_omniglot(folder)] + others
-            alphabets = build_omniglot(sources, args.out, args.image_size or 28, args.seed, progress=not args.no_progress)
-            for split, names in alphabets.items():
-                print(f"{split}: {len(names)} alphabets: {', '.join(names)}")
-        else:
-            if args.download:
-                parser.error(MINIIMAGENET_NOTE)
-            if len(args.source) != 1:
-                parser.error("miniimagenet takes exactly one --source folder")
-            counts = build_miniimagenet(args.source[0], args.out, args.image_size or MINIIMAGENET_SIZE,
-                                        progress=not args.no_progress)
-            for split, (n_classes, n_images) in counts.items():
-                print(f"{split}: {n_classes} classes, {n_images} images")
-    except (ValueError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as error:
-        sys.exit(f"{parser.prog}: error: {error}")
+    if args.dataset == "omniglot":
+        sources = list(args.source)
+        folder = None
+        if args.download:  # into the first --source if it is a folder (or missing), else beside --out
+            first = Path(sources[0]) if sources else None
+            folder = first if first is not None and (first.is_dir() or not first.exists()) else out.parent
+            sources = [s for s in sources if Path(s) != folder]
+        downloads = [folder / name for name in OMNIGLOT_ZIPS] if folder is not None else []
+        check_out(parser, out, omniglot.is_read_by_build([*args.source, *downloads], out), args.force)
+        if folder is not None:
+            sources = [str(p) for p in download_omniglot(folder)] + sources
+        image_size = 28 if args.image_size is None else args.image_size
+        alphabets = omniglot.build_omniglot(sources, out, image_size, args.seed, progress=not args.no_progress)
+        for split, names in alphabets.items():
+            print(f"{split}: {len(names)} alphabets: {', '.join(names)}")
+    else:
+        if args.download:
+            parser.error(MINIIMAGENET_NOTE)
+        if len(args.source) != 1:
+            parser.error("miniimagenet takes exactly one --source folder")
+        check_out(parser, out, miniimagenet.is_read_by_build(args.source[0], out), args.force)
+        image_size = miniimagenet.IMAGE_SIZE if args.image_size is None else args.image_size
+        counts = miniimagenet.build_miniimagenet(args.source[0], out, image_size, progress=not args.no_progress,
+                                                 trust_pickle=args.trust_pickle)
+        for split, (n_classes, n_images) in counts.items():
+            print(f"{split}: {n_classes} classes, {n_images} images")
     print(json.dumps({"out": args.out}))
 
 

@@ -2,57 +2,82 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 
 from ..data import DATASETS, ROTATE_CHOICES
 from ..learner import QUERY_BN_MODES
 from ..training import TrainConfig, meta_train
 from ..utils import seed_everything, tune_cpu_allocator
-from .args import DEVICE_HELP, device_arg
+from .args import DEVICE_HELP, command, device_arg, int_at_least, new_parser, positive_float, positive_int, seed_int, warn
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--dataset", default=defaults.dataset, choices=DATASETS)
     parser.add_argument("--data", default=None, help="dataset file (HDF5, fewshot-prepare-data) for omniglot/miniimagenet")
     parser.add_argument("--rotate", default=defaults.rotate, choices=ROTATE_CHOICES,
                         help="splits whose classes get 90/180/270-degree rotated copies as extra classes "
                              "(auto: the file's protocol, e.g. train only for alphabet-disjoint Omniglot)")
-    parser.add_argument("--n-way", type=int, default=defaults.n_way)
-    parser.add_argument("--k-shot", type=int, default=defaults.k_shot)
-    parser.add_argument("--n-query", type=int, default=defaults.n_query, help="query images per class")
-    parser.add_argument("--inner-steps", type=int, default=None, help="default: 12 for 1-shot, 8 for 5-shot")
-    parser.add_argument("--inner-batch-size", type=int, default=None, help="support images per inner step (default: all)")
-    parser.add_argument("--meta-batch", type=int, default=defaults.meta_batch, help="episodes per meta-update")
-    parser.add_argument("--episodes", type=int, default=defaults.episodes, help="meta-training episodes in total")
-    parser.add_argument("--max-minutes", type=float, default=None,
+    parser.add_argument("--n-way", type=int_at_least(2), default=defaults.n_way)
+    parser.add_argument("--k-shot", type=positive_int, default=defaults.k_shot)
+    parser.add_argument("--n-query", type=positive_int, default=defaults.n_query, help="query images per class")
+    parser.add_argument("--inner-steps", type=positive_int, default=None, help="default: 12 for 1-shot, 8 for 5-shot")
+    parser.add_argument("--inner-batch-size", type=positive_int, default=None,
+                        help="support images per inner step (default: all)")
+    parser.add_argument("--meta-batch", type=positive_int, default=defaults.meta_batch, help="episodes per meta-update")
+    parser.add_argument("--episodes", type=positive_int, default=defaults.episodes,
+                        help="meta-training episodes in total (rounded up to whole meta-batches, with a warning)")
+    parser.add_argument("--max-minutes", type=positive_float, default=None,
                         help="stop after this many minutes of meta-training (validates and checkpoints first)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate of the meta-learner")
-    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="global gradient-norm clip")
-    parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="meta-learner LSTM units")
-    parser.add_argument("--hidden-channels", type=int, default=defaults.hidden_channels, help="learner conv filters")
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="Adam learning rate of the meta-learner")
+    parser.add_argument("--grad-clip", type=positive_float, default=defaults.grad_clip, help="global gradient-norm clip")
+    parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size, help="meta-learner LSTM units")
+    parser.add_argument("--hidden-channels", type=positive_int, default=defaults.hidden_channels, help="learner conv filters")
     parser.add_argument("--second-order", action="store_true", help="keep gradients through the learner's gradient")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the meta-learner step (README 'Speed': measured, off by default)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the learner (for CUDA)")
     parser.add_argument("--query-bn", default=defaults.query_bn, choices=QUERY_BN_MODES,
                         help="batch-norm statistics for the query set (batch: transductive, as the authors)")
-    parser.add_argument("--val-every", type=int, default=defaults.val_every, help="episodes between validations")
-    parser.add_argument("--val-episodes", type=int, default=defaults.val_episodes)
+    parser.add_argument("--val-every", type=positive_int, default=defaults.val_every,
+                        help="episodes between validations (rounded to whole meta-batches, with a warning)")
+    parser.add_argument("--val-episodes", type=positive_int, default=defaults.val_episodes)
     parser.add_argument("--device", default=defaults.device, type=device_arg, help=DEVICE_HELP)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=seed_int, default=defaults.seed)
     parser.add_argument("--out", default=defaults.out, help="RUN_DIR for checkpoints and metrics.csv")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
-    parser.add_argument("--max-nonfinite", type=int, default=defaults.max_nonfinite,
+    parser.add_argument("--max-nonfinite", type=positive_int, default=defaults.max_nonfinite,
                         help="stop after this many meta-updates in a row skipped for a NaN/inf meta-loss or gradient")
     args = parser.parse_args(argv)
-    return TrainConfig(**{key: value for key, value in vars(args).items()})
+    try:
+        return TrainConfig(**{key: value for key, value in vars(args).items() if key != "debug"})
+    except ValueError as error:  # a combination the configuration refuses: a usage error too
+        parser.error(str(error))
 
 
+def warn_rounding(config: TrainConfig) -> None:
+    """Say so when ``--episodes`` / ``--val-every`` are not whole meta-batches: the loop counts meta-updates.
+
+    The numbers are the loop's (:func:`fewshot_l2l.training.meta_train`): ``ceil(episodes / meta_batch)``
+    updates, a validation every ``max(1, round(val_every / meta_batch))`` updates.
+    """
+    batch = config.meta_batch
+    updates = math.ceil(config.episodes / batch)
+    if updates * batch != config.episodes:
+        warn(f"--episodes {config.episodes} is not a multiple of --meta-batch {batch}: "
+             f"meta-training runs {updates * batch} episodes ({updates} meta-batches)")
+    val_updates = max(1, round(config.val_every / batch))
+    if val_updates * batch != config.val_every:
+        warn(f"--val-every {config.val_every} is not a multiple of --meta-batch {batch}: "
+             f"validating every {val_updates * batch} episodes ({val_updates} meta-batches)")
+
+
+@command
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
+    warn_rounding(config)
     tune_cpu_allocator()
     seed_everything(config.seed)  # nothing in meta_train draws from the global generators; any future use is seeded
     summary = meta_train(config)

@@ -13,38 +13,42 @@ from ..optim.problems import PROBLEMS, make_problems
 from ..optim.rules import RULES
 from ..optim.training import OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
 from ..utils import resolve_device, seed_everything
-from .args import DEVICE_HELP, device_arg
+from .args import DEVICE_HELP, command, device_arg, new_parser, non_negative_int, positive_float, positive_int, seed_int
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, argparse.Namespace]:
     defaults = OptimizerTrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--problem", default=defaults.problem, choices=PROBLEMS)
     parser.add_argument("--rule", default=defaults.rule, choices=RULES)
-    parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="LSTM units per layer")
-    parser.add_argument("--output-scale", type=float, default=defaults.output_scale, help="Andrychowicz rule output scale")
-    parser.add_argument("--horizon", type=int, default=defaults.horizon, help="optimization steps per problem")
-    parser.add_argument("--unroll", type=int, default=defaults.unroll, help="steps per truncated-BPTT meta-update")
-    parser.add_argument("--meta-batch", type=int, default=None, help="problems per iteration (default: 128 quadratic, 1 mlp)")
-    parser.add_argument("--iterations", type=int, default=defaults.iterations, help="problem batches in total")
-    parser.add_argument("--max-minutes", type=float, default=None, help="also stop after this many minutes")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam meta-learning rate")
-    parser.add_argument("--grad-clip", type=float, default=None, help="meta-gradient norm clip (default: off)")
-    parser.add_argument("--val-every", type=int, default=defaults.val_every, help="iterations between validations")
-    parser.add_argument("--val-problems", type=int, default=None, help="validation problems (default: 100 quadratic, 10 mlp)")
+    parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size, help="LSTM units per layer")
+    parser.add_argument("--output-scale", type=positive_float, default=defaults.output_scale, help="Andrychowicz rule output scale")
+    parser.add_argument("--horizon", type=positive_int, default=defaults.horizon, help="optimization steps per problem")
+    parser.add_argument("--unroll", type=positive_int, default=defaults.unroll, help="steps per truncated-BPTT meta-update")
+    parser.add_argument("--meta-batch", type=positive_int, default=None, help="problems per iteration (default: 128 quadratic, 1 mlp)")
+    parser.add_argument("--iterations", type=positive_int, default=defaults.iterations, help="problem batches in total")
+    parser.add_argument("--max-minutes", type=positive_float, default=None, help="also stop after this many minutes")
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="Adam meta-learning rate")
+    parser.add_argument("--grad-clip", type=positive_float, default=None, help="meta-gradient norm clip (default: off)")
+    parser.add_argument("--val-every", type=positive_int, default=defaults.val_every, help="iterations between validations")
+    parser.add_argument("--val-problems", type=positive_int, default=None, help="validation problems (default: 100 quadratic, 10 mlp)")
     parser.add_argument("--device", default=defaults.device, type=device_arg, help=DEVICE_HELP)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=seed_int, default=defaults.seed)
     parser.add_argument("--out", default=defaults.out, help="RUN_DIR for checkpoints and metrics.csv")
     parser.add_argument("--init-from", default=None, help="checkpoint of another run whose rule weights to start from")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (e.g. with more --iterations)")
-    parser.add_argument("--max-nonfinite", type=int, default=defaults.max_nonfinite,
+    parser.add_argument("--max-nonfinite", type=positive_int, default=defaults.max_nonfinite,
                         help="stop after this many meta-updates in a row skipped for a NaN/inf meta-loss or gradient")
-    parser.add_argument("--n-test", type=int, default=100, help="held-out problems of the final evaluation (0: skip it)")
+    parser.add_argument("--n-test", type=non_negative_int, default=100, help="held-out problems of the final evaluation (0: skip it)")
     args = parser.parse_args(argv)
-    values = {key: value for key, value in vars(args).items() if key != "n_test"}
-    return OptimizerTrainConfig(**values), args
+    values = {key: value for key, value in vars(args).items() if key not in ("n_test", "debug")}
+    try:
+        return OptimizerTrainConfig(**values), args
+    except ValueError as error:  # a combination the configuration refuses (horizon not a multiple of unroll): usage
+        parser.error(str(error))
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
     seed_everything(config.seed)  # the global generators, for anything that draws from them: seeded per run

@@ -7,10 +7,19 @@ pure tensor indexing: no per-image decoding, no host-device copies.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def _is_int(value: object) -> bool:
+    """An integer, Python's or NumPy's, but not a bool (``True`` is an ``int`` to Python)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -117,15 +126,23 @@ class EpisodeSampler:
     """
 
     def __init__(self, split: FewShotSplit, n_way: int, k_shot: int, n_query: int, seed: int = 0) -> None:
-        for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"EpisodeSampler: {name} must be a positive integer, got {value!r}")
+        if not isinstance(split, FewShotSplit):
+            raise TypeError(f"EpisodeSampler: split must be a FewShotSplit, got {type(split).__name__}")
+        # n_way >= 2: a 1-way episode has one answer, so its accuracy is always 1 and it teaches nothing.
+        for name, value, rule in (("n_way", n_way, "an integer >= 2"), ("k_shot", k_shot, "a positive integer"),
+                                  ("n_query", n_query, "a positive integer")):
+            if not _is_int(value) or value < (2 if name == "n_way" else 1):
+                raise ValueError(f"EpisodeSampler: {name} must be {rule}, got {value!r}")
+        if not _is_int(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            raise ValueError(f"EpisodeSampler: seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
+                             f"(torch.Generator.manual_seed), got {seed!r}")
         if n_way > split.n_classes:
             raise ValueError(
                 f"EpisodeSampler: n_way={n_way} is larger than the {split.n_classes} classes of split {split.name!r}"
             )
         per_class = k_shot + n_query
-        too_small = torch.nonzero(split.class_sizes < per_class).flatten()
+        # Compared as at most (largest class + 1): a huge Python int would overflow the int64 comparison.
+        too_small = torch.nonzero(split.class_sizes < min(per_class, int(split.class_sizes.max()) + 1)).flatten()
         if len(too_small):
             first = int(too_small[0])
             raise ValueError(
@@ -139,6 +156,8 @@ class EpisodeSampler:
 
     def sample(self, n_episodes: int = 1) -> Episode:
         """Draw ``n_episodes`` independent episodes as one batch."""
+        if not _is_int(n_episodes) or n_episodes < 1:
+            raise ValueError(f"EpisodeSampler.sample: n_episodes must be an integer >= 1, got {n_episodes!r}")
         split, gen = self.split, self.generator
         n_way, per_class = self.n_way, self.k_shot + self.n_query
         # Random keys drawn on the CPU generator keep results identical across devices.

@@ -17,7 +17,10 @@ class by class, into pre-sized HDF5 datasets, so only one class's images are in
 memory at a time; a pickle cache holds a whole split, so layout (c) loads one
 split's pickle at a time.
 
-Pickles can run code when loaded: only build from caches you trust.
+Unpickling runs whatever code a pickle names, before its content can be checked, so
+layout (c) is read only when asked for explicitly (``trust_pickle=True``, the
+``--trust-pickle`` flag of ``fewshot-prepare-data``): a folder is never unpickled
+just because it holds files with the right names.
 """
 
 from __future__ import annotations
@@ -115,29 +118,56 @@ def _folder_classes(root: Path, split: str, image_size: int) -> list[ClassLoader
     return loaders
 
 
-def read_pickle_cache(path: str | Path) -> tuple[np.ndarray, dict[str, list[int]]]:
-    """``(image_data [N, H, W, 3] uint8, class_dict)`` of a ``mini-imagenet-cache-*.pkl``, validated."""
+def require_trust(what: str, trust_pickle: bool) -> None:
+    """Raise ``ValueError`` naming ``--trust-pickle`` unless ``trust_pickle``: checked before anything is unpickled."""
+    if not trust_pickle:
+        raise ValueError(
+            f"miniimagenet: not unpickling {what} without --trust-pickle: unpickling runs any code a pickle names, "
+            "before its content can be checked. Pass --trust-pickle (trust_pickle=True) only for caches from a source "
+            "you trust, or build from layout (a) or (b) (datasets/README.md)"
+        )
+
+
+def read_pickle_cache(path: str | Path, trust_pickle: bool = False) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """``(image_data [N, H, W, 3] uint8, class_dict)`` of a ``mini-imagenet-cache-*.pkl``, validated.
+
+    Refuses (``ValueError``) unless ``trust_pickle``: see the module docstring.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"miniimagenet: pickle cache {path} does not exist")
+    require_trust(str(path), trust_pickle)
     try:
         with open(path, "rb") as file:
             cache = pickle.load(file)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, ImportError, IndexError) as error:
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, ImportError, IndexError, TypeError,
+            KeyError, MemoryError) as error:  # what damaged pickle bytes raise
         raise ValueError(f"miniimagenet: {path} is not a readable pickle (corrupt or truncated?): {error}") from error
     if not isinstance(cache, dict) or "image_data" not in cache or "class_dict" not in cache:
         raise ValueError(f"miniimagenet: {path} must hold a dict with 'image_data' and 'class_dict'")
-    data, class_dict = np.asarray(cache["image_data"]), cache["class_dict"]
-    if data.dtype != np.uint8 or data.ndim != 4 or data.shape[3] != 3:
-        raise ValueError(f"miniimagenet: {path}: image_data must be uint8 [N, H, W, 3], got {data.dtype} {data.shape}")
+    data, class_dict = cache["image_data"], cache["class_dict"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 4 or data.shape[3] != 3:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"miniimagenet: {path}: image_data must be a uint8 array [N, H, W, 3], got {found}")
+    if not isinstance(class_dict, dict) or not class_dict:
+        raise ValueError(f"miniimagenet: {path}: class_dict must be a non-empty dict {{class name: [image indices]}}, "
+                         f"got {type(class_dict).__name__}")
+    checked = {}
     for name, indices in class_dict.items():
-        if len(indices) == 0 or min(indices) < 0 or max(indices) >= len(data):
-            raise ValueError(f"miniimagenet: {path}: class {name} has no images or indices outside [0, {len(data)})")
-    return data, class_dict
+        array = np.asarray(indices) if isinstance(indices, (list, tuple, np.ndarray)) else None
+        if array is not None and len(array) == 0:
+            raise ValueError(f"miniimagenet: {path}: class {name} has no images")
+        if not isinstance(name, str) or array is None or array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(f"miniimagenet: {path}: class_dict must map class names to lists of image indices, "
+                             f"got {name!r}: {type(indices).__name__}")
+        if array.min() < 0 or array.max() >= len(data):
+            raise ValueError(f"miniimagenet: {path}: class {name} has indices outside [0, {len(data)})")
+        checked[name] = array.tolist()
+    return data, checked
 
 
 def _pickle_classes(root: Path, split: str, image_size: int) -> list[ClassLoader]:
-    data, class_dict = read_pickle_cache(root / PICKLE_NAME.format(split=split))
+    data, class_dict = read_pickle_cache(root / PICKLE_NAME.format(split=split), trust_pickle=True)  # trust: checked by the builder
 
     def loader(indices: list[int]) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
@@ -166,6 +196,8 @@ def detect_layout(root: str | Path) -> str:
     in the error with the files that are missing.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"miniimagenet: source {root} is a file; give the folder that holds one of the layouts")
     if not root.is_dir():
         raise FileNotFoundError(f"miniimagenet: source folder {root} does not exist")
     partial = []
@@ -183,13 +215,29 @@ def detect_layout(root: str | Path) -> str:
     )
 
 
+def is_read_by_build(source: str | Path, path: str | Path) -> bool:
+    """Whether building from the folder ``source`` may read ``path`` (so it must not be the output file)."""
+    root, path = Path(source).resolve(), Path(path).resolve()
+    if root not in path.parents:
+        return False
+    relative = path.relative_to(root)
+    read_files = {name for paths, _ in LAYOUTS.values() for name in paths if not name.endswith("/")}
+    read_folders = {"images"} | {name.rstrip("/") for paths, _ in LAYOUTS.values() for name in paths if name.endswith("/")}
+    return str(relative) in read_files or relative.parts[0] in read_folders
+
+
 def build_miniimagenet(source: str | Path, out: str | Path, image_size: int = IMAGE_SIZE,
-                       progress: bool = True) -> dict[str, tuple[int, int]]:
-    """Build ``out`` (HDF5) from the folder ``source``; returns ``{split: (n_classes, n_images)}``."""
+                       progress: bool = True, trust_pickle: bool = False) -> dict[str, tuple[int, int]]:
+    """Build ``out`` (HDF5) from the folder ``source``; returns ``{split: (n_classes, n_images)}``.
+
+    A folder in the pickle layout is refused (before anything is unpickled) unless ``trust_pickle``.
+    """
     if not 8 <= image_size <= 512:
         raise ValueError(f"miniimagenet: --image-size must be in [8, 512], got {image_size}")
     root = Path(source)
     layout = detect_layout(root)
+    if layout == "pickle":
+        require_trust(f"the pickle caches in {root}", trust_pickle)
     list_classes = LAYOUTS[layout][1]
     build = {"source": root.name, "layout": layout, "image_size": image_size, "resize": "PIL LANCZOS"}
     counts: dict[str, tuple[int, int]] = {}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +143,24 @@ def decode(image: OmniglotImage, image_size: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(image.read())) as pil:
             gray = pil.convert("L")
-    except (UnidentifiedImageError, OSError, zipfile.BadZipFile) as error:
-        raise ValueError(f"omniglot: unreadable image {image.origin}: {error}") from error
+    except (UnidentifiedImageError, OSError, zipfile.BadZipFile, zlib.error, EOFError) as error:  # zlib, EOF: a damaged zip member
+        raise ValueError(f"omniglot: unreadable image {image.origin} (corrupt file?): {error}") from error
     inverted = Image.fromarray(255 - np.asarray(gray, dtype=np.uint8))
     if inverted.size != (image_size, image_size):
         inverted = inverted.resize((image_size, image_size), Image.Resampling.BOX)
     return np.asarray(inverted, dtype=np.uint8)
+
+
+def is_read_by_build(sources: list[str | Path], path: str | Path) -> bool:
+    """Whether building from ``sources`` may read ``path`` (so it must not be the output file):
+    a source itself, or a PNG inside a source folder."""
+    path = Path(path).resolve()
+    for source in map(Path, sources):
+        if path == source.resolve() or (path.exists() and source.exists() and path.samefile(source)):
+            return True
+        if source.is_dir() and source.resolve() in path.parents and path.suffix == ".png":
+            return True
+    return False
 
 
 def build_omniglot(sources: list[str | Path], out: str | Path, image_size: int = 28, seed: int = 0,

@@ -23,7 +23,6 @@ and exits (``docs/guarantees.md``).
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from .problems import PROBLEMS, make_problems
 from .evaluation import curve_metrics, rule_curve
 from .rules import RULES, UpdateRule, build_rule
+from ..checkpoints import corrupt, read_checkpoint
 from ..process import StopSignals
 from ..runs import NonFiniteGuard, RunFolder, Stopwatch
 from ..utils import finite_or_none, meta_update, nonfinite_tensors, resolve_device
@@ -114,18 +114,19 @@ def build_rule_for(config: OptimizerTrainConfig) -> UpdateRule:
 
 
 def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UpdateRule, OptimizerTrainConfig, dict]:
-    """``(rule, config, raw checkpoint)`` from a ``.pt`` file written by :func:`train_optimizer`."""
+    """``(rule, config, raw checkpoint)`` from a ``.pt`` file written by :func:`train_optimizer`.
+
+    Errors as :func:`fewshot_l2l.training.load_checkpoint` ("... is not a learned-optimizer checkpoint or is corrupt").
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = read_checkpoint(path, device, "learned-optimizer", ("config", "rule_config", "rule"))
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
         config = OptimizerTrainConfig.from_dict(checkpoint["config"])
         with torch.random.fork_rng(devices=[]):  # its random init, overwritten below, must not consume the global generator
             rule = build_rule(checkpoint["rule_config"])
         rule.load_state_dict(checkpoint["rule"])
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise ValueError(f"checkpoint {path} is not a learned-optimizer checkpoint or is corrupt: {error}") from error
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise corrupt(path, "learned-optimizer", error) from error
     bad = nonfinite_tensors({"rule": checkpoint["rule"], "optimizer": checkpoint.get("optimizer")})
     if bad:
         raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "
