@@ -17,6 +17,7 @@ The learner is not involved: gradients and losses are random tensors of the lear
 from __future__ import annotations
 
 import ctypes
+import functools
 import multiprocessing
 import statistics
 import time
@@ -43,14 +44,9 @@ def _plain(meta: MetaLearner) -> None:
 def _handwritten(meta: MetaLearner, compiled: bool, tanh_c: str = "fast_tanh") -> None:
     handwritten.TANH_C = tanh_c
     kernels = handwritten.compiled_kernels() if compiled else handwritten.EAGER_KERNELS
-
-    def wrap(outputs):
-        return outputs[0], MetaLSTMState(*outputs[1:])
-
-    meta._recomputed_step = lambda w, theta, grad, loss, state, p: wrap(handwritten.FirstOrderMetaStep.apply(
-        theta, grad, loss, *state, p, kernels, *handwritten.legacy_weights(meta)))
-    meta._step = lambda w, theta, grad, loss, state, p: wrap(kernels.forward(
-        handwritten.legacy_weights(meta), theta, grad, loss, *state, p))
+    meta.forward = functools.partial(handwritten.handwritten_forward, meta, kernels)
+    # Main's layout of the layer-1 state: [B, P, hidden] contiguous.
+    meta.initial_state = lambda theta: MetaLSTMState(*(t.contiguous() for t in MetaLearner.initial_state(meta, theta)))
 
 
 def _checkpoint_of_compiled(meta: MetaLearner) -> None:

@@ -161,3 +161,23 @@ class FirstOrderMetaStep(torch.autograd.Function):
             tuple(weights), theta, grad, loss, h, c, f_prev, i_prev, ctx.p, d_theta_next, d_h, d_c, d_f, d_i
         )
         return (d_theta, None, None, d_h_prev, d_c_prev, d_f_prev, d_i_prev, None, None, *d_weights)
+
+
+def handwritten_forward(meta, kernels: StepKernels, theta: Tensor, grad: Tensor, loss: Tensor, state) -> tuple[Tensor, MetaLSTMState]:
+    """Main's ``MetaLearner.forward`` for constant ``grad``/``loss`` (first order and evaluation), with the
+    episodes split into chunks by ``torch.split`` as the new forward does (main sliced them)."""
+    weights = legacy_weights(meta)
+    batch, n_params = theta.shape
+    per_chunk = batch if theta.device.type != "cpu" else max(1, meta.cpu_chunk_rows // n_params)
+
+    def step(theta, grad, loss, *state):
+        if not torch.is_grad_enabled():
+            return kernels.forward(weights, theta, grad, loss, *state, meta.p)
+        return FirstOrderMetaStep.apply(theta, grad, loss, *state, meta.p, kernels, *weights)
+
+    if per_chunk >= batch:
+        outputs = step(theta, grad, loss, *state)
+    else:
+        pieces = zip(*(t.split(per_chunk) for t in (theta, grad, loss, *state)))
+        outputs = [torch.cat(parts) for parts in zip(*(step(*piece) for piece in pieces))]
+    return outputs[0], MetaLSTMState(*outputs[1:])

@@ -36,8 +36,8 @@ from .preprocess import preprocess
 class MetaLSTMState(NamedTuple):
     """Recurrent state of both layers, every tensor with leading shape ``[B, P]``."""
 
-    h: Tensor  # layer-1 hidden state, [B, P, hidden]
-    c: Tensor  # layer-1 cell state, [B, P, hidden]
+    h: Tensor  # layer-1 hidden state, [B, P, hidden] (a view of [hidden, B, P] storage, see lstm_cell)
+    c: Tensor  # layer-1 cell state, [B, P, hidden] (likewise)
     f: Tensor  # layer-2 pre-sigmoid forget gate, [B, P]
     i: Tensor  # layer-2 pre-sigmoid input gate, [B, P]
 
@@ -55,16 +55,24 @@ class MetaLSTMWeights(NamedTuple):
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """A standard LSTM cell (``nn.LSTMCell``'s equations, one bias): ``x`` ``[N, in]``, ``h``/``c`` ``[N, hidden]`` -> ``(h, c)``."""
-    inputs, weight = torch.cat((x, h), dim=1), torch.cat((weight_ih, weight_hh), dim=1)
-    # One product per gate, so that each gate is a contiguous [N, hidden] tensor: elementwise operations on
-    # the column blocks of one [N, 4 hidden] product ran about 2x slower (docs/results/meta_step.md).
-    in_gate, forget_gate, cell_gate, out_gate = (
-        torch.addmm(gate_bias, inputs, gate_weight.t()) for gate_weight, gate_bias in zip(weight.chunk(4), bias.chunk(4))
-    )
+    """A standard LSTM cell (``nn.LSTMCell``'s equations, one bias) with one column per coordinate.
+
+    ``x`` ``[in, N]``, ``h``/``c`` ``[hidden, N]`` -> new ``(h, c)``. The gates
+    are ``W [x; h] + b``, ``[4 hidden, N]``, in ``nn.LSTMCell``'s order (input,
+    forget, cell, output). Columns rather than rows per coordinate make each
+    gate a contiguous block: elementwise operations on the column blocks of an
+    ``[N, 4 hidden]`` product ran about 2x slower (docs/results/meta_step.md).
+    """
+    gates = torch.addmm(bias[:, None], torch.cat((weight_ih, weight_hh), dim=1), torch.cat((x, h)))
+    in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4)
     c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
     h = torch.sigmoid(out_gate) * torch.tanh(c)
     return h, c
+
+
+def _columns(state: Tensor) -> Tensor:
+    """``[B, P, hidden]`` -> ``[hidden, B P]``, one column per coordinate (a view for the state :func:`meta_lstm_step` returns)."""
+    return state.permute(2, 0, 1).reshape(state.shape[2], -1)
 
 
 def meta_lstm_step(
@@ -78,17 +86,17 @@ def meta_lstm_step(
     """
     batch, n_params = theta.shape
     hidden = weights.weight_hh.shape[1]
-    rows = batch * n_params
-    features = torch.cat((preprocess(grad, p), preprocess(loss, p)[:, None, :].expand(batch, n_params, 2)), dim=-1)
-    h, c = lstm_cell(
-        features.reshape(rows, 4), state.h.reshape(rows, hidden), state.c.reshape(rows, hidden),
-        weights.weight_ih, weights.weight_hh, weights.bias,
-    )
-    h, c = h.reshape(batch, n_params, hidden), c.reshape(batch, n_params, hidden)
+    # Layer 1 on one column per coordinate: x = [preprocess(grad); preprocess(loss)], [4, B P].
+    grad_features = preprocess(grad, p).permute(2, 0, 1)
+    loss_features = preprocess(loss, p).t()[:, :, None].expand(2, batch, n_params)
+    x = torch.cat((grad_features, loss_features)).reshape(4, -1)
+    h, c = lstm_cell(x, _columns(state.h), _columns(state.c), weights.weight_ih, weights.weight_hh, weights.bias)
+    # Layer 2.
     w_f, w_i = weights.weight_forget, weights.weight_input
-    f = h @ w_f[:hidden] + w_f[hidden] * theta + w_f[hidden + 1] * state.f + weights.bias_forget
-    i = h @ w_i[:hidden] + w_i[hidden] * theta + w_i[hidden + 1] * state.i + weights.bias_input
+    f = (w_f[:hidden] @ h).reshape(batch, n_params) + w_f[hidden] * theta + w_f[hidden + 1] * state.f + weights.bias_forget
+    i = (w_i[:hidden] @ h).reshape(batch, n_params) + w_i[hidden] * theta + w_i[hidden + 1] * state.i + weights.bias_input
     theta_next = torch.sigmoid(f) * theta - torch.sigmoid(i) * grad
+    h, c = (t.reshape(hidden, batch, n_params).permute(1, 2, 0) for t in (h, c))
     return theta_next, MetaLSTMState(h, c, f, i)
 
 
@@ -120,8 +128,9 @@ class CoordinateLSTMCell(nn.Module):
         self.bias = nn.Parameter(torch.empty(4 * hidden_size).uniform_(-0.01, 0.01))
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """``x`` ``[N, input]``, ``h``/``c`` ``[N, hidden]`` -> new ``(h, c)``."""
-        return lstm_cell(x, h, c, self.weight_ih, self.weight_hh, self.bias)
+        """``x`` ``[N, input]``, ``h``/``c`` ``[N, hidden]`` -> new ``(h, c)`` (views of column-per-coordinate results)."""
+        h, c = lstm_cell(x.t(), h.t(), c.t(), self.weight_ih, self.weight_hh, self.bias)
+        return h.t(), c.t()
 
 
 class MetaLSTMCell(nn.Module):
@@ -179,7 +188,7 @@ class MetaLSTM(nn.Module):
 
     def initial_state(self, theta: Tensor) -> MetaLSTMState:
         """Zero recurrent state for parameters ``theta`` of shape ``[B, P]``."""
-        zeros_hidden = theta.new_zeros(*theta.shape, self.hidden_size)
+        zeros_hidden = theta.new_zeros(self.hidden_size, *theta.shape).permute(1, 2, 0)  # stored as meta_lstm_step stores it
         zeros = theta.new_zeros(theta.shape)
         return MetaLSTMState(zeros_hidden, zeros_hidden, zeros, zeros)
 
@@ -224,13 +233,25 @@ class MetaLSTM(nn.Module):
         # Omniglot learner's [P, 4 hidden] gates are 9 MB, a meta-batch of 4 is 36 MB. Measured
         # for the meta-learner alone (Omniglot, 1 thread, CPU-s per episode): evaluation 0.08
         # instead of 0.10 at meta-batches 4 and 16; meta-training within noise (0.31-0.39).
-        chunks = [
-            step(weights, theta[b : b + per_chunk], grad[b : b + per_chunk], loss[b : b + per_chunk],
-                 MetaLSTMState(*(t[b : b + per_chunk] for t in state)), self.p)
-            for b in range(0, batch, per_chunk)
-        ]
+        pieces = zip(*(_split_episodes(t, per_chunk) for t in (theta, grad, loss, *state)))
+        chunks = [step(weights, theta, grad, loss, MetaLSTMState(*state), self.p) for theta, grad, loss, *state in pieces]
         thetas, states = zip(*chunks)
-        return torch.cat(thetas), MetaLSTMState(*(torch.cat(parts) for parts in zip(*states)))
+        return _cat_episodes(thetas), MetaLSTMState(*(_cat_episodes(parts) for parts in zip(*states)))
+
+
+# Chunks of episodes for MetaLSTM.forward. torch.split rather than a slice per chunk: the backward of a slice
+# adds a gradient of the whole tensor. The layer-1 state is split and concatenated in its [hidden, B, P]
+# storage (see _columns): in the [B, P, hidden] order every copy would transpose, forward and backward.
+def _split_episodes(tensor: Tensor, size: int) -> list[Tensor]:
+    if tensor.dim() == 3:
+        return [piece.permute(1, 2, 0) for piece in tensor.permute(2, 0, 1).split(size, dim=1)]
+    return list(tensor.split(size))
+
+
+def _cat_episodes(parts: list[Tensor]) -> Tensor:
+    if parts[0].dim() == 3:
+        return torch.cat([part.permute(2, 0, 1) for part in parts], dim=1).permute(1, 2, 0)
+    return torch.cat(parts)
 
 
 class MetaLearner(MetaLSTM):
@@ -260,18 +281,15 @@ class MetaLearner(MetaLSTM):
 
 
 def meta_lstm_from_state_dict(state_dict: dict[str, Tensor], p: float = 10.0) -> MetaLSTM:
-    """The update rule saved in the ``state_dict`` of a :class:`MetaLSTM` or a :class:`MetaLearner`.
+    """The update rule saved in the ``state_dict`` of a :class:`MetaLSTM` or of a :class:`MetaLearner`.
 
-    A meta-learner's ``theta_init`` (the initialization of one learner
-    architecture) is not part of the rule and is not read.
+    The rule is the step's weights (``lstm.*``, ``cell.*``, read on their
+    device); a meta-learner's ``theta_init``, the initialization of one learner
+    architecture, is no part of it.
     """
-    missing = [name for name in ("lstm.weight_hh",) if name not in state_dict]
-    if missing:
-        raise ValueError(f"meta_lstm_from_state_dict: not a Meta-LSTM state dict, {missing[0]!r} is missing")
-    rule = MetaLSTM(state_dict["lstm.weight_hh"].shape[1], p)
-    names = list(rule.state_dict())
-    absent = [name for name in names if name not in state_dict]
-    if absent:
-        raise ValueError(f"meta_lstm_from_state_dict: not a Meta-LSTM state dict, {', '.join(absent)} missing")
-    rule.load_state_dict({name: state_dict[name] for name in names})
-    return rule.to(state_dict["lstm.weight_hh"].device)
+    if "lstm.weight_hh" not in state_dict:
+        raise ValueError("meta_lstm_from_state_dict: no 'lstm.weight_hh' entry: not the state dict of a MetaLSTM or MetaLearner")
+    weight_hh = state_dict["lstm.weight_hh"]
+    rule = MetaLSTM(weight_hh.shape[1], p).to(weight_hh.device)
+    rule.load_state_dict({name: state_dict[name] for name in rule.state_dict() if name in state_dict})
+    return rule
