@@ -160,13 +160,14 @@ def time_lstm_cells(rows: int, hidden_size: int = 20, repeats: int = 7, calls: i
                                   for shape in ((4 * hidden_size, 4), (4 * hidden_size, hidden_size), (4 * hidden_size,)))
     x = torch.randn(rows, 4, generator=generator)
     h, c = (torch.randn(rows, hidden_size, generator=generator) for _ in range(2))
+    columns = [t.t().contiguous() for t in (x, h, c)]  # lstm_cell's layout, one column per coordinate
     torch_cell = _lstmcell_like(weight_ih, weight_hh, bias)
     candidates = {
-        "lstm_cell": lambda: lstm_cell(x, h, c, weight_ih, weight_hh, bias),
+        "lstm_cell": lambda: lstm_cell(*columns, weight_ih, weight_hh, bias),
         "nn.LSTMCell": lambda: torch_cell(x, (h, c)),
     }
     (h_ours, c_ours), (h_torch, c_torch) = (fn() for fn in candidates.values())
-    max_difference = max((h_ours - h_torch).abs().max().item(), (c_ours - c_torch).abs().max().item())
+    max_difference = max((h_ours.t() - h_torch).abs().max().item(), (c_ours.t() - c_torch).abs().max().item())
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
