@@ -45,8 +45,10 @@ def learner_flops_per_episode(learner: ConvLearner, n_support: int, n_query: int
 def meta_learner_flops_per_episode(n_params: int, hidden_size: int, inner_steps: int, train: bool) -> int:
     """Matmul FLOPs of the meta-learner for one episode (``inner_steps`` updates of ``n_params`` coordinates).
 
-    Counted like :func:`learner_flops_per_episode`; the LSTM's elementwise
-    gate arithmetic, a large share of its time, is not included.
+    Counted like :func:`learner_flops_per_episode`, through the meta-learner's
+    own forward: when ``train``, the first-order step's recomputation in the
+    backward pass is included. The LSTM's elementwise gate arithmetic, a large
+    share of its time, is not.
     """
     with torch.device("meta"):
         meta_learner = MetaLearner(torch.zeros(n_params), hidden_size)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fewshot_l2l.data.episodes import Episode
 from fewshot_l2l.learner import ConvLearner
-from fewshot_l2l.meta_learner import MetaLearner
+from fewshot_l2l.meta_learner import MetaLearner, meta_lstm_step
 
 
 def naive_module(learner: ConvLearner) -> nn.Sequential:
@@ -47,9 +47,10 @@ def naive_episode(
 
     Each inner step builds a fresh ``nn.Module``, copies the flat parameters
     into it, and takes the loss and the gradient from ``loss.backward()`` and the
-    modules' ``.grad`` fields. The meta-learner runs as plain autograd
-    (:meth:`MetaLearner.differentiable_step`: no hand-written backward, never
-    compiled), so the naive figures do not depend on the fast path's options. The query loss is differentiable with respect to
+    modules' ``.grad`` fields. The meta-learner's step is
+    :func:`~fewshot_l2l.meta_learner.meta_lstm_step` under plain autograd (no
+    recomputation, never compiled), so the naive figures do not depend on the
+    fast path's options. The query loss is differentiable with respect to
     the meta-learner (``torch.func.functional_call`` on views of the final
     parameters), so ``loss.backward()`` gives the same first-order meta-gradient
     as the fast path. Query batch norm uses the query batch's statistics
@@ -65,7 +66,7 @@ def naive_episode(
             loss = F.cross_entropy(module(support_x), support_y)
             loss.backward()
         grad = torch.cat([param.grad.flatten() for param in module.parameters()])
-        theta, state = meta_learner.differentiable_step(theta, grad[None], loss.detach()[None], state)
+        theta, state = meta_lstm_step(meta_learner.weights(), theta, grad[None], loss.detach()[None], state, meta_learner.p)
     module = naive_module(learner).to(device=theta.device, dtype=theta.dtype)
     names = [name for name, _ in module.named_parameters()]
     final = dict(zip(names, learner.unflatten(theta[0])))

@@ -9,9 +9,9 @@ meta-training (:mod:`fewshot_l2l.optim.training`) backpropagates through
 the very same :meth:`UpdateRule.forward`. There is one implementation of each
 rule:
 
-1. :class:`MetaLSTMRule` - the Meta-LSTM of Ravi & Larochelle; it wraps
-   :class:`fewshot_l2l.meta_learner.MetaLearner`, whose forward already is the
-   step ``theta_t = sigmoid(f_t) theta_{t-1} - sigmoid(i_t) grad_t``.
+1. :class:`MetaLSTMRule` - the Meta-LSTM of Ravi & Larochelle: the step module
+   :class:`fewshot_l2l.meta_learner.MetaLSTM`, whose forward is the update
+   ``theta_t = sigmoid(f_t) theta_{t-1} - sigmoid(i_t) grad_t``.
 2. :class:`AndrychowiczRule` - the optimizer of Andrychowicz et al. (NIPS 2016):
    a two-layer coordinatewise LSTM (20 units per layer) over the preprocessed
    gradient (p = 10), a learned linear output times an output scale (0.1),
@@ -21,13 +21,14 @@ rule:
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..meta_learner import CoordinateLSTMCell, MetaLearner, MetaLSTMState
+from ..meta_learner import CoordinateLSTMCell, MetaLSTM, MetaLSTMState, meta_lstm_from_state_dict
 from ..preprocess import preprocess
 
 RULES = ("andrychowicz", "meta-lstm")
@@ -64,51 +65,54 @@ class UpdateRule(nn.Module):
 
 
 class MetaLSTMRule(UpdateRule):
-    """Rule (1): the Meta-LSTM's gates applied as the update (``MetaLearner.forward``).
-
-    The learner-specific initialization ``theta_0`` of the wrapped meta-learner
-    plays no part: here ``theta`` is whatever the optimized parameters are.
+    """Rule (1): the Meta-LSTM step (:class:`~fewshot_l2l.meta_learner.MetaLSTM`) under the update-rule contract.
 
     Args:
-        meta_learner: a (trained) meta-learner, e.g. from a few-shot checkpoint
+        meta_lstm: the step module, e.g. the rule of a few-shot checkpoint
             (:meth:`from_checkpoint`); a fresh one of ``hidden_size`` units if ``None``.
-        hidden_size: layer-1 units of a fresh meta-learner.
+        hidden_size: layer-1 units of a fresh step module.
     """
 
     needs_loss = True
     kind = "meta-lstm"
 
-    def __init__(self, meta_learner: MetaLearner | None = None, hidden_size: int = 20) -> None:
+    def __init__(self, meta_lstm: MetaLSTM | None = None, hidden_size: int = 20) -> None:
         super().__init__()
-        if meta_learner is None:
-            meta_learner = MetaLearner(torch.zeros(0), hidden_size)
-            meta_learner.theta_init.requires_grad_(False)  # unused here: keep it out of meta-training
-        self.meta_learner = meta_learner
+        self.meta_lstm = MetaLSTM(hidden_size) if meta_lstm is None else meta_lstm
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "MetaLSTMRule":
-        """The rule learned by few-shot meta-training (a checkpoint of :func:`fewshot_l2l.training.meta_train`)."""
-        from ..training import load_checkpoint  # training imports the data pipeline: only load it when needed
+        """The rule learned by few-shot meta-training: the step weights of a :func:`fewshot_l2l.training.meta_train`
+        checkpoint's meta-learner (its entry ``"meta_learner"``; the learner initialization ``theta_0`` is left out)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"MetaLSTMRule.from_checkpoint: checkpoint {path} does not exist")
+        try:
+            meta_lstm = meta_lstm_from_state_dict(torch.load(path, map_location=device, weights_only=True)["meta_learner"])
+        except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            raise ValueError(f"MetaLSTMRule.from_checkpoint: {path} is not a few-shot checkpoint or is corrupt: {error}") from error
+        return cls(meta_lstm)
 
-        meta_learner, _, _, _ = load_checkpoint(path, device)
-        rule = cls(hidden_size=meta_learner.hidden_size).to(device)
-        # The learner initialization theta_0 plays no part in the rule: leave it behind, so that the
-        # rule's state_dict matches build_rule(rule.config()) and stays small.
-        weights = meta_learner.state_dict()
-        weights["theta_init"] = rule.meta_learner.theta_init.detach()
-        rule.meta_learner.load_state_dict(weights)
-        return rule
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Rules saved before the step module existed held a whole MetaLearner ("meta_learner.*", with an
+        # empty theta_init): read them as the step module's weights.
+        old = prefix + "meta_learner."
+        for key in [key for key in state_dict if key.startswith(old)]:
+            value = state_dict.pop(key)
+            if key != old + "theta_init":
+                state_dict[prefix + "meta_lstm." + key[len(old):]] = value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def initial_state(self, theta: Tensor) -> MetaLSTMState:
-        return self.meta_learner.initial_state(theta)
+        return self.meta_lstm.initial_state(theta)
 
     def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: MetaLSTMState) -> tuple[Tensor, MetaLSTMState]:
         if loss is None:
             raise ValueError("MetaLSTMRule: the Meta-LSTM takes the loss as an input; pass loss [B]")
-        return self.meta_learner(theta, grad, loss, MetaLSTMState(*state))
+        return self.meta_lstm(theta, grad, loss, state)
 
     def config(self) -> dict:
-        return {"rule": self.kind, "hidden_size": self.meta_learner.hidden_size}
+        return {"rule": self.kind, "hidden_size": self.meta_lstm.hidden_size}
 
 
 class AndrychowiczState(NamedTuple):

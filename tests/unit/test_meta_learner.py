@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fewshot_l2l.adaptation import adapt, run_episodes, support_losses
 from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
-from fewshot_l2l.meta_learner import MetaLearner
+from fewshot_l2l.meta_learner import MetaLearner, meta_lstm_step
 
 
 def sigmoid(x: float) -> float:
@@ -136,14 +136,56 @@ def test_meta_gradient_against_finite_differences(second_order):
             assert analytic == pytest.approx(numeric, rel=0.9)
 
 
+def detached_meta_loss(meta, learner, x, y, steps=2):
+    """The first-order meta-loss written out: the learner's gradient and loss are taken at the tracked theta
+    and detached by hand at every step; the step is plain autograd of meta_lstm_step."""
+    theta = meta.initial_theta(1)
+    state = meta.initial_state(theta)
+    for _ in range(steps):
+        losses = support_losses(learner, theta, x, y)
+        (grad,) = torch.autograd.grad(losses.sum(), theta, create_graph=True)
+        theta, state = meta_lstm_step(meta.weights(), theta, grad.detach(), losses.detach(), state, meta.p)
+    return support_losses(learner, theta, x, y).sum()
+
+
 def test_first_order_keeps_loss_and_gradient_out_of_the_graph():
     learner, meta, x, y = tiny_problem()
-    theta = adapt(meta, learner, x, y, inner_steps=2)
-    # Every path from theta_T to theta_0 goes through the gates only: the meta-gradient to
-    # theta_init under first order equals prod(sigmoid(f_t)) elementwise (the theta recursion).
-    (grad_init,) = torch.autograd.grad(theta.sum(), meta.theta_init)
-    assert torch.isfinite(grad_init).all()
-    assert grad_init.abs().max() > 0
+    gradients = {}
+    for name, loss_fn in (("first", lambda: meta_loss(meta, learner, x, y, second_order=False)),
+                          ("detached", lambda: detached_meta_loss(meta, learner, x, y)),
+                          ("second", lambda: meta_loss(meta, learner, x, y, second_order=True))):
+        meta.zero_grad()
+        loss_fn().backward()
+        gradients[name] = {key: param.grad.clone() for key, param in meta.named_parameters()}
+    for key, first in gradients["first"].items():
+        assert first.abs().max() > 0, key
+        assert torch.allclose(first, gradients["detached"][key], atol=1e-12, rtol=1e-10), key
+    # Through theta_0 the learner's gradient depends on theta: second order differs.
+    first, second = gradients["first"]["theta_init"], gradients["second"]["theta_init"]
+    assert (first - second).norm() > 1e-3 * second.norm()
+
+
+def test_same_seed_draws_the_initial_weights_in_the_documented_order():
+    hidden = 5
+    torch.manual_seed(7)
+    meta = MetaLearner(torch.zeros(3), hidden_size=hidden)
+    torch.manual_seed(7)
+    expected = [
+        torch.empty(4 * hidden, 4).uniform_(-0.01, 0.01),  # layer 1: weight_ih, weight_hh, bias
+        torch.empty(4 * hidden, hidden).uniform_(-0.01, 0.01),
+        torch.empty(4 * hidden).uniform_(-0.01, 0.01),
+        torch.empty(hidden + 2).uniform_(-0.01, 0.01),  # layer 2: W_F, W_I, b_F, b_I
+        torch.empty(hidden + 2).uniform_(-0.01, 0.01),
+        torch.empty(()).uniform_(4.0, 6.0),
+        torch.empty(()).uniform_(-5.0, -4.0),
+    ]
+    names = ["theta_init", "lstm.weight_ih", "lstm.weight_hh", "lstm.bias", "cell.weight_forget", "cell.weight_input",
+             "cell.bias_forget", "cell.bias_input"]
+    assert [name for name, _ in meta.named_parameters()] == names  # checkpoint keys and Adam's parameter order
+    for (name, param), value in zip(list(meta.named_parameters())[1:], expected):
+        assert torch.equal(param, value), name
+    assert list(meta.weights()._fields) == [name.split(".")[1] for name in names[1:]]
+    assert all(weight is param for weight, (_, param) in zip(meta.weights(), list(meta.named_parameters())[1:]))
 
 
 def test_initialization_ranges():

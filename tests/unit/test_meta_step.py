@@ -1,9 +1,10 @@
-"""The meta-learner's hand-written first-order backward against autograd of the same equations."""
+"""The ways MetaLSTM.forward runs the one step function: checkpointed (first order), no_grad, chunked, torch.func."""
 
 import pytest
 import torch
+from torch.func import functional_call
 
-from fewshot_l2l.meta_learner import MetaLearner
+from fewshot_l2l.meta_learner import MetaLearner, MetaLSTMState, meta_lstm_step
 
 
 def unroll(meta, step, grads, losses, batch):
@@ -14,22 +15,31 @@ def unroll(meta, step, grads, losses, batch):
     return theta, state
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_first_order_step_gradients_equal_autograd(batch):
-    torch.manual_seed(0)
-    n_params, steps = 37, 4
-    meta = MetaLearner(torch.randn(n_params), hidden_size=5).double()
+def perturbed_meta_learner(n_params, hidden_size, seed):
+    torch.manual_seed(seed)
+    meta = MetaLearner(torch.randn(n_params), hidden_size=hidden_size).double()
     with torch.no_grad():  # weights away from their tiny initial range, so that every term matters
         for param in meta.parameters():
             param.add_(0.3 * torch.randn_like(param))
+    return meta
+
+
+def constant_inputs(batch, n_params, steps):
     # Gradients over many magnitudes exercise both branches of the preprocessing.
     grads = [torch.randn(batch, n_params, dtype=torch.float64) * 10.0 ** torch.randint(-6, 1, (batch, n_params))
              for _ in range(steps)]
-    losses = [torch.rand(batch, dtype=torch.float64) for _ in range(steps)]
+    return grads, [torch.rand(batch, dtype=torch.float64) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_checkpointed_first_order_step_gradients_equal_plain_autograd(batch):
+    n_params, steps = 37, 4
+    meta = perturbed_meta_learner(n_params, 5, seed=0)
+    grads, losses = constant_inputs(batch, n_params, steps)
     weights = torch.linspace(-1, 1, batch * n_params, dtype=torch.float64).view(batch, n_params)
 
     results = []
-    for step in (meta.forward, meta.differentiable_step):
+    for step in (meta.forward, lambda *args: meta_lstm_step(meta.weights(), *args, meta.p)):
         meta.zero_grad()
         theta, state = unroll(meta, step, grads, losses, batch)
         # A loss that reaches every output of the last step, not only theta.
@@ -43,15 +53,19 @@ def test_first_order_step_gradients_equal_autograd(batch):
 
 
 def test_evaluation_path_matches_training_path():
-    torch.manual_seed(1)
-    meta = MetaLearner(torch.randn(11), hidden_size=3).double()
-    grads = [torch.randn(2, 11, dtype=torch.float64) for _ in range(3)]
-    losses = [torch.rand(2, dtype=torch.float64) for _ in range(3)]
+    meta = perturbed_meta_learner(11, 3, seed=1)
+    grads, losses = constant_inputs(2, 11, 3)
+    with torch.no_grad():  # a state away from zero, the same for both calls
+        theta, state = unroll(meta, meta.forward, grads[:2], losses[:2], 2)
     with torch.no_grad():
-        theta_eval, _ = unroll(meta, meta.forward, grads, losses, 2)
-    theta_train, _ = unroll(meta, meta.forward, grads, losses, 2)
+        theta_eval, state_eval = meta(theta, grads[2], losses[2], state)
+    theta_train, state_train = meta(theta, grads[2], losses[2], state)
+    assert theta_eval.grad_fn is None and not theta_eval.requires_grad  # no autograd bookkeeping
     assert theta_train.requires_grad
-    assert torch.equal(theta_eval, theta_train.detach())
+    assert torch.allclose(theta_eval, theta_train.detach(), atol=1e-15, rtol=0)
+    for evaluated, trained in zip(state_eval, state_train):
+        assert torch.allclose(evaluated, trained.detach(), atol=1e-15, rtol=0)
+    assert not torch.allclose(theta_eval, theta)  # the step did something
 
 
 def test_cpu_chunks_of_episodes_give_the_same_step_and_gradients():
@@ -66,8 +80,55 @@ def test_cpu_chunks_of_episodes_give_the_same_step_and_gradients():
         meta.zero_grad()
         theta, state = unroll(meta, meta.forward, grads, losses, batch)
         (theta.sum() + state.c.sum()).backward()
-        results.append((theta.detach(), [p.grad.clone() for p in meta.parameters()]))
-    (theta_one, grads_one), (theta_chunked, grads_chunked) = results
+        with torch.no_grad():
+            theta_eval, _ = unroll(meta, meta.forward, grads, losses, batch)
+        results.append((theta.detach(), theta_eval, [p.grad.clone() for p in meta.parameters()]))
+    (theta_one, eval_one, grads_one), (theta_chunked, eval_chunked, grads_chunked) = results
     assert torch.allclose(theta_chunked, theta_one, atol=1e-14, rtol=0)
+    assert torch.allclose(eval_chunked, eval_one, atol=1e-14, rtol=0)
     for chunked, one in zip(grads_chunked, grads_one):
         assert torch.allclose(chunked, one, atol=1e-12, rtol=1e-12)
+
+
+def test_torch_func_grad_through_the_step_equals_autograd():
+    meta = perturbed_meta_learner(9, 4, seed=3)
+    grads, losses = constant_inputs(2, 9, 3)
+    direction = torch.randn(2, 9, dtype=torch.float64)
+
+    def meta_loss(params):
+        theta = params["theta_init"].expand(2, -1)
+        state = meta.initial_state(theta)
+        for grad, loss in zip(grads, losses):
+            theta, state = functional_call(meta, params, (theta, grad, loss, state))
+        return (theta * direction).sum() + state.c.sum()
+
+    params = {name: param.detach() for name, param in meta.named_parameters()}
+    functional = torch.func.grad(meta_loss)(params)
+    meta_loss(dict(meta.named_parameters())).backward()
+    for name, param in meta.named_parameters():
+        assert param.grad.abs().max() > 0, name
+        assert torch.allclose(functional[name], param.grad, atol=1e-13, rtol=1e-11), name
+
+
+def test_torch_func_vmap_over_thetas_equals_the_batched_call():
+    meta = perturbed_meta_learner(7, 3, seed=4)
+    thetas = torch.randn(4, 2, 7, dtype=torch.float64)  # 4 sets of 2 episodes
+    grad, loss = torch.randn(2, 7, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
+    state = MetaLSTMState(*(0.5 * torch.randn_like(t) for t in meta.initial_state(thetas[0])))
+
+    def step(theta):
+        return meta(theta, grad, loss, state)
+
+    mapped, mapped_state = torch.func.vmap(step)(thetas)
+    batched, batched_state = meta(thetas.reshape(8, 7), grad.repeat(4, 1), loss.repeat(4),
+                                  MetaLSTMState(*(t.repeat(4, *([1] * (t.dim() - 1))) for t in state)))
+    assert torch.allclose(mapped.reshape(8, 7), batched, atol=1e-14, rtol=0)
+    assert torch.allclose(mapped_state.h.reshape(8, 7, 3), batched_state.h, atol=1e-14, rtol=0)
+    mapped.sum().backward()
+    vmapped_grads = [p.grad.clone() for p in meta.parameters() if p.grad is not None]
+    meta.zero_grad()
+    batched.sum().backward()
+    batched_grads = [p.grad for p in meta.parameters() if p.grad is not None]
+    assert len(vmapped_grads) == len(batched_grads) == 7  # all but theta_init, which thetas replace
+    for vmapped, expected in zip(vmapped_grads, batched_grads):
+        assert torch.allclose(vmapped, expected, atol=1e-12, rtol=1e-12)

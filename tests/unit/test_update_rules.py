@@ -1,4 +1,4 @@
-"""The update rules against naive references: nn.LSTMCell per coordinate, and MetaLearner itself."""
+"""The update rules against naive references: nn.LSTMCell per coordinate, and the Meta-LSTM step module itself."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot_l2l.meta_learner import MetaLearner, MetaLSTMState
+from fewshot_l2l.meta_learner import MetaLearner, MetaLSTM, MetaLSTMState, meta_lstm_from_state_dict
 from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule, build_rule
 
 
@@ -85,9 +85,12 @@ def test_meta_lstm_rule_is_the_meta_learner_step():
         rule(theta, grad, None, state)
 
 
-def test_fresh_meta_lstm_rule_trains_only_the_update_weights():
+def test_fresh_meta_lstm_rule_holds_only_the_update_weights():
     rule = MetaLSTMRule(hidden_size=3)
-    assert not rule.meta_learner.theta_init.requires_grad
+    names = [name for name, _ in rule.named_parameters()]
+    assert names == [f"meta_lstm.{name}" for name in ("lstm.weight_ih", "lstm.weight_hh", "lstm.bias", "cell.weight_forget",
+                                                       "cell.weight_input", "cell.bias_forget", "cell.bias_input")]
+    assert all(param.requires_grad for param in rule.parameters())
     assert rule.needs_loss and not AndrychowiczRule().needs_loss
 
 
@@ -110,7 +113,7 @@ def test_build_rule_round_trips_config():
     copy.load_state_dict(rule.state_dict())
     theta, grad = torch.randn(1, 4), torch.randn(1, 4)
     assert torch.equal(rule(theta, grad, None, rule.initial_state(theta))[0], copy(theta, grad, None, copy.initial_state(theta))[0])
-    assert build_rule(MetaLSTMRule(hidden_size=5).config()).meta_learner.hidden_size == 5
+    assert build_rule(MetaLSTMRule(hidden_size=5).config()).meta_lstm.hidden_size == 5
 
 
 def test_meta_lstm_rule_from_a_few_shot_checkpoint(tmp_path):
@@ -122,11 +125,12 @@ def test_meta_lstm_rule_from_a_few_shot_checkpoint(tmp_path):
     meta, learner = build_models(config, (1, 16, 16))
     atomic_torch_save(checkpoint_state(meta, torch.optim.Adam(meta.parameters()), learner, config, {}), tmp_path / "best.pt")
     rule = MetaLSTMRule.from_checkpoint(tmp_path / "best.pt")
-    assert torch.equal(rule.meta_learner.cell.bias_input, meta.cell.bias_input)
-    assert rule.meta_learner.theta_init.numel() == 0  # the learner's theta_0 is not part of the rule
+    assert type(rule.meta_lstm) is MetaLSTM  # the step module alone: the learner's theta_0 is no part of the rule
+    for name, value in rule.meta_lstm.state_dict().items():
+        assert torch.equal(value, meta.state_dict()[name]), name
     rebuilt = build_rule(rule.config())
     rebuilt.load_state_dict(rule.state_dict())
-    assert torch.equal(rebuilt.meta_learner.lstm.weight_ih, meta.lstm.weight_ih)
+    assert torch.equal(rebuilt.meta_lstm.lstm.weight_ih, meta.lstm.weight_ih)
     model = nn.Linear(3, 2)
     before = model.weight.detach().clone()
     optimizer = LearnedOptimizer(model.parameters(), rule)
@@ -136,3 +140,27 @@ def test_meta_lstm_rule_from_a_few_shot_checkpoint(tmp_path):
     # At initialization the gates give sigmoid(f) ~ 1 and a small sigmoid(i): a small step against the gradient.
     step = model.weight.detach() - before
     assert (step * model.weight.grad).sum() < 0
+
+
+def test_meta_lstm_rule_loads_state_dicts_saved_before_the_step_module(tmp_path):
+    torch.manual_seed(5)
+    meta = MetaLearner(torch.zeros(0), hidden_size=3)  # what MetaLSTMRule held before, theta_init empty
+    old_format = {f"meta_learner.{name}": value for name, value in meta.state_dict().items()}
+    rule = MetaLSTMRule(hidden_size=3)
+    rule.load_state_dict(old_format)
+    for name, value in meta.state_dict().items():
+        if name != "theta_init":
+            assert torch.equal(rule.meta_lstm.state_dict()[name], value), name
+
+
+def test_rule_from_a_state_dict_and_bad_checkpoints(tmp_path):
+    meta = MetaLearner(torch.zeros(6), hidden_size=4)
+    rule = meta_lstm_from_state_dict(meta.state_dict())
+    assert rule.hidden_size == 4 and "theta_init" not in rule.state_dict()
+    with pytest.raises(ValueError, match="lstm.weight_hh"):
+        meta_lstm_from_state_dict({"theta_init": torch.zeros(6)})
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        MetaLSTMRule.from_checkpoint(tmp_path / "missing.pt")
+    torch.save({"rule": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt is not a few-shot checkpoint"):
+        MetaLSTMRule.from_checkpoint(tmp_path / "other.pt")

@@ -1,0 +1,203 @@
+"""The meta-learner step alone: how its first-order backward is obtained, and its layer-1 LSTM cell, side by side.
+
+Three measurements, all on one thread, printed by ``scripts/benchmark_meta_step.py`` (results and decisions:
+``docs/results/meta_step.md``):
+
+1. :func:`time_step_variant` - CPU seconds per episode of ``inner_steps`` meta-learner steps, forward and backward
+   (first order: ``grad`` and ``loss`` are constants; the backward starts from a weighted sum of the final
+   parameters), and of the same steps under ``no_grad`` (evaluation), for each way of running the step in
+   :data:`STEP_VARIANTS`, with the peak resident memory the run added. Each (variant, size) runs in a fresh process.
+2. :func:`time_lstm_cells` - forward + backward of layer 1 alone: :func:`fewshot_l2l.meta_learner.lstm_cell`
+   against ``nn.LSTMCell`` on the same inputs.
+3. :func:`time_activations` - ``torch.tanh`` against ``torch.sigmoid`` and ``2 sigmoid(2x) - 1``.
+
+The learner is not involved: gradients and losses are random tensors of the learner's size ``P``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fewshot_l2l import _handwritten_step as handwritten
+from fewshot_l2l.meta_learner import MetaLearner, MetaLSTMState, lstm_cell, meta_lstm_step
+from fewshot_l2l.utils import tune_cpu_allocator
+
+from .speed import peak_rss_mb
+
+SIZES = {"omniglot": 28_357, "miniimagenet": 112_997}  # learner parameters of the 5-way 28x28x1 and 84x84x3 CNNs
+
+
+def _plain(meta: MetaLearner) -> None:
+    meta._recomputed_step = meta_lstm_step
+
+
+def _handwritten(meta: MetaLearner, compiled: bool, tanh_c: str = "fast_tanh") -> None:
+    handwritten.TANH_C = tanh_c
+    kernels = handwritten.compiled_kernels() if compiled else handwritten.EAGER_KERNELS
+    meta.forward = functools.partial(handwritten.handwritten_forward, meta, kernels)
+    # Main's layout of the layer-1 state: [B, P, hidden] contiguous.
+    meta.initial_state = lambda theta: MetaLSTMState(*(t.contiguous() for t in MetaLearner.initial_state(meta, theta)))
+
+
+def _checkpoint_of_compiled(meta: MetaLearner) -> None:
+    meta.compile_step()
+    meta._recomputed_step = lambda *args: checkpoint(meta._step, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+STEP_VARIANTS: dict[str, Callable[[MetaLearner], None]] = {
+    "handwritten": lambda meta: _handwritten(meta, compiled=False),
+    "handwritten-tanh": lambda meta: _handwritten(meta, compiled=False, tanh_c="torch.tanh"),
+    "checkpoint": lambda meta: None,
+    "plain-autograd": _plain,
+    "handwritten+compile": lambda meta: _handwritten(meta, compiled=True),
+    "compile(checkpoint)": lambda meta: meta.compile_step(),
+    "checkpoint(compiled)": _checkpoint_of_compiled,
+}
+
+
+def _inputs(n_params: int, batch: int, inner_steps: int, seed: int = 0) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    # Gradients over several orders of magnitude, as a learner's are.
+    grads = [torch.randn(batch, n_params, generator=generator) * 10.0 ** torch.randint(-5, 0, (batch, n_params), generator=generator)
+             for _ in range(inner_steps)]
+    losses = [1.0 + torch.rand(batch, generator=generator) for _ in range(inner_steps)]
+    return grads, losses, torch.randn(batch, n_params, generator=generator)
+
+
+def _episode(meta: MetaLearner, grads: list[Tensor], losses: list[Tensor], direction: Tensor, train: bool) -> None:
+    with torch.set_grad_enabled(train):
+        theta = meta.initial_theta(direction.shape[0])
+        state = meta.initial_state(theta)
+        for grad, loss in zip(grads, losses):
+            theta, state = meta(theta, grad, loss, state)
+        if train:
+            (theta * direction).sum().backward()
+            meta.zero_grad(set_to_none=True)
+
+
+def time_step_variant(variant: str, n_params: int, batch: int, inner_steps: int = 12, hidden_size: int = 20,
+                      repeats: int = 3) -> dict:
+    """CPU seconds per episode (training and evaluation) of one :data:`STEP_VARIANTS` entry, and the peak memory
+    one training episode adds.
+
+    Memory first: with glibc serving every allocation over 64 KB by its own ``mmap`` (returned on free), the
+    resident set follows the live tensors; after a warm-up episode (compilation included) the peak resident
+    set is reset and one training episode is run. Then the allocator is tuned as in training
+    (:func:`fewshot_l2l.utils.tune_cpu_allocator`) and, after another warm-up, ``repeats`` episodes are timed.
+    """
+    torch.set_num_threads(1)
+    _mmap_every_tensor()
+    torch.manual_seed(0)
+    meta = MetaLearner(torch.randn(n_params) * 0.1, hidden_size)
+    STEP_VARIANTS[variant](meta)
+    grads, losses, direction = _inputs(n_params, batch, inner_steps)
+    start = time.perf_counter()
+    _episode(meta, grads, losses, direction, train=True)  # warm-up (and compilation)
+    _episode(meta, grads, losses, direction, train=False)
+    warmup_s = time.perf_counter() - start
+    with open("/proc/self/clear_refs", "w") as file:
+        file.write("5")  # resets VmHWM, the peak resident set
+    baseline_mb = _rss_mb()
+    _episode(meta, grads, losses, direction, train=True)
+    peak_mb = peak_rss_mb() - baseline_mb
+    tune_cpu_allocator()
+    _episode(meta, grads, losses, direction, train=True)
+    train, evaluation = [], []
+    for _ in range(repeats):
+        for train_mode, times in ((True, train), (False, evaluation)):
+            cpu = time.process_time()
+            _episode(meta, grads, losses, direction, train=train_mode)
+            times.append((time.process_time() - cpu) / batch)
+    return {
+        "variant": variant, "n_params": n_params, "meta_batch": batch, "inner_steps": inner_steps, "warmup_s": warmup_s,
+        "train_cpu_s_per_episode": train, "eval_cpu_s_per_episode": evaluation, "train_peak_added_mb": peak_mb,
+    }
+
+
+def _mmap_every_tensor() -> None:
+    m_mmap_threshold = -3
+    ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 1 << 16)
+
+
+def run_isolated(*args) -> dict:
+    """:func:`time_step_variant` in a fresh (spawned) process, so that its peak memory is its own."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(time_step_variant, *args).result()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * 4096 / 2**20
+
+
+def _lstmcell_like(weight_ih: Tensor, weight_hh: Tensor, bias: Tensor) -> nn.LSTMCell:
+    cell = nn.LSTMCell(weight_ih.shape[1], weight_hh.shape[1])
+    with torch.no_grad():
+        cell.weight_ih.copy_(weight_ih)
+        cell.weight_hh.copy_(weight_hh)
+        cell.bias_ih.copy_(bias)
+        cell.bias_hh.zero_()
+    return cell
+
+
+def time_lstm_cells(rows: int, hidden_size: int = 20, repeats: int = 7, calls: int = 5) -> dict:
+    """CPU seconds per forward + backward of layer 1 on ``rows`` coordinates: ``lstm_cell`` and ``nn.LSTMCell``,
+    interleaved; also checks that both give the same ``(h, c)``."""
+    torch.set_num_threads(1)
+    tune_cpu_allocator()
+    generator = torch.Generator().manual_seed(0)
+    weight_ih, weight_hh, bias = (torch.empty(*shape).uniform_(-0.5, 0.5, generator=generator).requires_grad_()
+                                  for shape in ((4 * hidden_size, 4), (4 * hidden_size, hidden_size), (4 * hidden_size,)))
+    x = torch.randn(rows, 4, generator=generator)
+    h, c = (torch.randn(rows, hidden_size, generator=generator) for _ in range(2))
+    columns = [t.t().contiguous() for t in (x, h, c)]  # lstm_cell's layout, one column per coordinate
+    torch_cell = _lstmcell_like(weight_ih, weight_hh, bias)
+    candidates = {
+        "lstm_cell": lambda: lstm_cell(*columns, weight_ih, weight_hh, bias),
+        "nn.LSTMCell": lambda: torch_cell(x, (h, c)),
+    }
+    (h_ours, c_ours), (h_torch, c_torch) = (fn() for fn in candidates.values())
+    max_difference = max((h_ours.t() - h_torch).abs().max().item(), (c_ours.t() - c_torch).abs().max().item())
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            cpu = time.process_time()
+            for _ in range(calls):
+                h_next, c_next = fn()
+                (h_next.sum() + c_next.sum()).backward()
+            times[name].append((time.process_time() - cpu) / calls)
+    return {"rows": rows, "hidden_size": hidden_size, "max_abs_difference": max_difference,
+            **{f"{name}_cpu_s": values for name, values in times.items()}}
+
+
+def time_activations(n_elements: int, repeats: int = 7, calls: int = 10) -> dict:
+    """CPU seconds per call of ``torch.tanh``, ``torch.sigmoid`` and ``2 sigmoid(2x) - 1`` on ``n_elements`` floats."""
+    torch.set_num_threads(1)
+    tune_cpu_allocator()
+    x = torch.randn(n_elements, generator=torch.Generator().manual_seed(0))
+    candidates = {
+        "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+        "2sigmoid(2x)-1": lambda v: torch.sigmoid(2.0 * v).mul(2.0).sub(1.0),
+    }
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            cpu = time.process_time()
+            for _ in range(calls):
+                fn(x)
+            times[name].append((time.process_time() - cpu) / calls)
+    return {"n_elements": n_elements, **{f"{name}_cpu_s": values for name, values in times.items()}}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
