@@ -17,7 +17,6 @@ The learner is not involved: gradients and losses are random tensors of the lear
 from __future__ import annotations
 
 import ctypes
-import functools
 import multiprocessing
 import statistics
 import time
@@ -28,8 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from fewshot_l2l import _handwritten_step as handwritten
-from fewshot_l2l.meta_learner import MetaLearner, MetaLSTMState, lstm_cell, meta_lstm_step
+from fewshot_l2l.meta_learner import MetaLearner, lstm_cell, meta_lstm_step
 from fewshot_l2l.utils import tune_cpu_allocator
 
 from .speed import peak_rss_mb
@@ -41,25 +39,14 @@ def _plain(meta: MetaLearner) -> None:
     meta._recomputed_step = meta_lstm_step
 
 
-def _handwritten(meta: MetaLearner, compiled: bool, tanh_c: str = "fast_tanh") -> None:
-    handwritten.TANH_C = tanh_c
-    kernels = handwritten.compiled_kernels() if compiled else handwritten.EAGER_KERNELS
-    meta.forward = functools.partial(handwritten.handwritten_forward, meta, kernels)
-    # Main's layout of the layer-1 state: [B, P, hidden] contiguous.
-    meta.initial_state = lambda theta: MetaLSTMState(*(t.contiguous() for t in MetaLearner.initial_state(meta, theta)))
-
-
 def _checkpoint_of_compiled(meta: MetaLearner) -> None:
     meta.compile_step()
     meta._recomputed_step = lambda *args: checkpoint(meta._step, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 STEP_VARIANTS: dict[str, Callable[[MetaLearner], None]] = {
-    "handwritten": lambda meta: _handwritten(meta, compiled=False),
-    "handwritten-tanh": lambda meta: _handwritten(meta, compiled=False, tanh_c="torch.tanh"),
     "checkpoint": lambda meta: None,
     "plain-autograd": _plain,
-    "handwritten+compile": lambda meta: _handwritten(meta, compiled=True),
     "compile(checkpoint)": lambda meta: meta.compile_step(),
     "checkpoint(compiled)": _checkpoint_of_compiled,
 }

@@ -24,6 +24,8 @@ carry a leading episode dimension ``[B, P]`` (``P`` = number of learner paramete
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -167,10 +169,13 @@ class MetaLSTM(nn.Module):
 
     def __init__(self, hidden_size: int = 20, p: float = 10.0) -> None:
         super().__init__()
-        if hidden_size < 1:
-            raise ValueError(f"{type(self).__name__}: hidden_size must be >= 1, got {hidden_size}")
-        if p <= 0:
-            raise ValueError(f"{type(self).__name__}: p must be positive, got p={p}")
+        owner = type(self).__name__
+        if not isinstance(hidden_size, numbers.Integral) or isinstance(hidden_size, bool) or hidden_size < 1:
+            raise ValueError(f"{owner}: hidden_size must be an integer >= 1, got {hidden_size!r}")
+        if 4 * hidden_size * (hidden_size + 4) > 2**63 - 1:  # the layer-1 weight would not even have a size
+            raise ValueError(f"{owner}: hidden_size={hidden_size} is far too large")
+        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not (math.isfinite(p) and p > 0):
+            raise ValueError(f"{owner}: p must be a positive finite number, got p={p!r}")
         self.hidden_size, self.p = hidden_size, p
         self.lstm = CoordinateLSTMCell(4, hidden_size)
         self.cell = MetaLSTMCell(hidden_size)
@@ -265,8 +270,13 @@ class MetaLearner(MetaLSTM):
     """
 
     def __init__(self, init_params: Tensor, hidden_size: int = 20, p: float = 10.0) -> None:
-        if init_params.dim() != 1:
-            raise ValueError(f"MetaLearner: init_params must be a flat vector [P], got shape {tuple(init_params.shape)}")
+        if not isinstance(init_params, Tensor) or not init_params.is_floating_point():
+            raise TypeError(f"MetaLearner: init_params must be a floating-point tensor [P], got {type(init_params).__name__}"
+                            f"{'' if not isinstance(init_params, Tensor) else ' of dtype ' + str(init_params.dtype)}")
+        if init_params.dim() != 1 or init_params.numel() == 0:
+            raise ValueError(f"MetaLearner: init_params must be a non-empty flat vector [P], got shape {tuple(init_params.shape)}")
+        if init_params.device.type != "meta" and not bool(torch.isfinite(init_params).all()):
+            raise ValueError("MetaLearner: init_params holds NaN or infinite values")
         super().__init__(hidden_size, p)
         self.theta_init = nn.Parameter(init_params.detach().clone())
 

@@ -128,13 +128,18 @@ def checkpoint_state(meta_learner, optimizer, learner, config, progress: dict, d
     }
 
 
-def checkpoint_splits(path: str | Path, config: TrainConfig, checkpoint: dict, data: str | None = None) -> dict[str, FewShotSplit]:
+def checkpoint_splits(path: str | Path, config: TrainConfig, checkpoint: dict, data: str | None = None,
+                      learner: ConvLearner | None = None) -> dict[str, FewShotSplit]:
     """The splits to evaluate the checkpoint ``path`` on: those of ``data``, or by default of the dataset it was
-    trained on (a relative path of an older checkpoint is looked up as :func:`resolve_stored_path` says); another
-    build of the dataset is refused (:func:`fewshot_l2l.data.identity.check_dataset`)."""
+    trained on (a relative path of an older checkpoint is looked up as :func:`resolve_stored_path` says); images
+    of another shape than ``learner`` takes are refused first (the most specific message), then another build of
+    the dataset (:func:`fewshot_l2l.data.identity.check_dataset`)."""
     data = data if data is not None else resolve_stored_path(config.data, path, config.out)
     data = os.path.abspath(data) if data is not None else None
     splits = load_splits(config.dataset, data, seed=config.seed, rotate=config.rotate)
+    if learner is not None:
+        for name, split in splits.items():
+            learner.check_images(split.image_shape, f"split {name!r} of {data or config.dataset}")
     check_dataset(checkpoint.get("dataset"), dataset_identity(config.dataset, data, splits), f"checkpoint {path}")
     return splits
 

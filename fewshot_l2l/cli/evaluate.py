@@ -29,9 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     tune_cpu_allocator()
     device = resolve_device(args.device)
     meta_learner, learner, config, checkpoint = load_checkpoint(args.checkpoint, device)
-    splits = checkpoint_splits(args.checkpoint, config, checkpoint, args.data)
+    splits = checkpoint_splits(args.checkpoint, config, checkpoint, args.data, learner)
     split = splits[args.split].to(device)
-    learner.check_images(split.image_shape, f"split {args.split!r} of {args.data or config.data or config.dataset}")
     k_shot = config.k_shot if args.k_shot is None else args.k_shot
     n_query = config.n_query if args.n_query is None else args.n_query
     inner_steps = config.inner_steps if args.inner_steps is None else args.inner_steps

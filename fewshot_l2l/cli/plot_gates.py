@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = resolve_device(args.device)
     meta_learner, learner, config, checkpoint = load_checkpoint(args.checkpoint, device)
-    split = checkpoint_splits(args.checkpoint, config, checkpoint, args.data)[args.split]
-    learner.check_images(split.image_shape, f"split {args.split!r} of {args.data or config.data or config.dataset}")
+    split = checkpoint_splits(args.checkpoint, config, checkpoint, args.data, learner)[args.split]
     sampler = EpisodeSampler(split.to(device), config.n_way, config.k_shot, config.n_query, seed=args.seed)
     batches = (sampler.sample(min(args.batch_size, args.episodes - start)) for start in range(0, args.episodes, args.batch_size))
     stats = gate_statistics(meta_learner, learner, batches, config.inner_steps, config.inner_batch_size,

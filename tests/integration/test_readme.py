@@ -20,7 +20,7 @@ fails here instead of rotting silently:
   README's ``RUN_DIR`` paragraph lists.
 
 ``PENDING`` names what another branch in flight adds: while it is missing its checks are skipped (with its
-name), once it exists it is checked like the rest; ``PENDING_ERROR`` likewise. Empty both when those
+name), once it exists it is checked like the rest. Empty it when those
 branches are merged.
 
 One module of ~380 lines rather than several: every check reads the same parsed documents (``TEXTS``,
@@ -43,14 +43,9 @@ from pathlib import Path
 import pytest
 
 PENDING = {
-    "scripts/plot_gates.py": "the gate-plot script (another branch)",
-    "docs/images/demo_curves.png": "the demo pictures (the lead generates them from a real make demo run)",
-    "docs/images/demo_gates.png": "the demo pictures (the lead generates them from a real make demo run)",
-    "docs/results/meta_step.md": "the meta-learner step page (another branch)",
-    "curves.png": "RUN_DIR/curves.png written by scripts/train.py (another branch)",
+    "docs/images/demo_curves.png": "the demo pictures (generated from a real make demo run)",
+    "docs/images/demo_gates.png": "the demo pictures (generated from a real make demo run)",
 }
-# The error of a known bug fixed on another branch (prepare_data.py --out into a folder that does not exist yet).
-PENDING_ERROR = "output folder data does not exist"
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("FEWSHOT_L2L_SHARED", REPO.parent / "shared"))  # as in conftest: the docs' ../shared
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md")), REPO / "datasets" / "README.md"]
@@ -354,8 +349,6 @@ def test_documented_command_runs(command_runs, name, index):
     result = command_runs[name][1][index]
     if isinstance(result, str):
         pytest.skip(f"`{' '.join(words)}` not run: {result}")
-    if result.returncode != 0 and PENDING_ERROR in result.stderr:
-        pytest.skip(f"`{' '.join(words)}`: {PENDING_ERROR!r}, fixed on another branch")
     assert result.returncode == 0, f"{name}: `{' '.join(words)}` fails:\n{result.stderr[-3000:]}"
     documented = re.search(r"--json\s+#\s*one JSON line: ([\w, ]+)", TEXTS[name])
     if "--json" in words and "scripts/evaluate.py" in words and documented:  # the comment names the JSON keys

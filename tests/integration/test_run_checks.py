@@ -98,7 +98,7 @@ def test_resume_and_evaluation_refuse_another_build_of_the_dataset(tmp_path, mon
 
     from fewshot_l2l.cli import evaluate
 
-    with pytest.raises(ValueError, match=r"checkpoint run/best.pt: the checkpoint was trained on .*a.h5 .* but .*b.h5"):
+    with pytest.raises(SystemExit, match=r"error: checkpoint run/best.pt: the checkpoint was trained on .*a.h5 .* but .*b.h5"):
         evaluate.main(["--checkpoint", "run/best.pt", "--data", "b.h5", "--episodes", "2", "--device", "cpu"])
 
     # An older checkpoint stored the relative path and no checksum: found from the folder the run was started in.

@@ -144,8 +144,9 @@ def test_meta_lstm_rule_from_a_few_shot_checkpoint(tmp_path):
 
 def test_meta_lstm_rule_loads_state_dicts_saved_before_the_step_module(tmp_path):
     torch.manual_seed(5)
-    meta = MetaLearner(torch.zeros(0), hidden_size=3)  # what MetaLSTMRule held before, theta_init empty
+    meta = MetaLearner(torch.zeros(1), hidden_size=3)
     old_format = {f"meta_learner.{name}": value for name, value in meta.state_dict().items()}
+    old_format["meta_learner.theta_init"] = torch.zeros(0)  # what MetaLSTMRule held before: theta_init empty
     rule = MetaLSTMRule(hidden_size=3)
     rule.load_state_dict(old_format)
     for name, value in meta.state_dict().items():
