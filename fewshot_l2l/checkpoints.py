@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .utils import nonfinite_tensors
+
 
 def corrupt(path: Path, kind: str, reason: str | BaseException) -> ValueError:
     """The error for a file that is not a ``kind`` checkpoint; ``reason`` (or the error met) says what is wrong."""
@@ -51,3 +53,12 @@ def read_checkpoint(path: str | Path, device: str | torch.device, kind: str, key
     if missing:
         raise corrupt(path, kind, f"no {', '.join(repr(key) for key in missing)} entries (dicts)")
     return checkpoint
+
+
+def refuse_nonfinite(path: str | Path, tensors: dict) -> None:
+    """Raise ``ValueError`` naming ``path`` if the model/optimizer ``tensors`` of a checkpoint hold a NaN or an
+    infinity: such a file was written by a diverged run (older code), and evaluating or resuming it is meaningless."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "
+                         "run, it cannot be evaluated or resumed")

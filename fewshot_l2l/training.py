@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adaptation import default_inner_steps, run_episodes
-from .checkpoints import corrupt, read_checkpoint
+from .checkpoints import corrupt, read_checkpoint, refuse_nonfinite
 from .data import ROTATE_CHOICES, load_splits
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity, resolve_stored_path
@@ -34,7 +34,7 @@ from .meta_learner import MetaLearner
 from .plots import plot_training_curves, require_matplotlib
 from .process import StopSignals
 from .runs import NonFiniteGuard, RunFolder, Stopwatch
-from .utils import meta_update, nonfinite_tensors, resolve_device
+from .utils import meta_update, resolve_device
 
 # skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s", "skipped_updates")
@@ -161,10 +161,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         meta_learner.load_state_dict(checkpoint["meta_learner"])
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise corrupt(path, "fewshot_l2l", error) from error
-    bad = nonfinite_tensors({"meta_learner": checkpoint["meta_learner"], "optimizer": checkpoint.get("optimizer")})
-    if bad:
-        raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "
-                         "run, it cannot be evaluated or resumed")
+    refuse_nonfinite(path, {"meta_learner": checkpoint["meta_learner"], "optimizer": checkpoint.get("optimizer")})
     return meta_learner.to(device), learner, config, checkpoint
 
 

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from .problems import PROBLEMS, make_problems
 from .evaluation import curve_metrics, rule_curve
 from .rules import RULES, UpdateRule, build_rule
-from ..checkpoints import corrupt, read_checkpoint
+from ..checkpoints import corrupt, read_checkpoint, refuse_nonfinite
 from ..process import StopSignals
 from ..runs import NonFiniteGuard, RunFolder, Stopwatch
-from ..utils import finite_or_none, meta_update, nonfinite_tensors, resolve_device
+from ..utils import finite_or_none, meta_update, resolve_device
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
@@ -127,10 +127,7 @@ def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -
         rule.load_state_dict(checkpoint["rule"])
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise corrupt(path, "learned-optimizer", error) from error
-    bad = nonfinite_tensors({"rule": checkpoint["rule"], "optimizer": checkpoint.get("optimizer")})
-    if bad:
-        raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "
-                         "run, it cannot be evaluated or resumed")
+    refuse_nonfinite(path, {"rule": checkpoint["rule"], "optimizer": checkpoint.get("optimizer")})
     return rule.to(device), config, checkpoint
 
 
