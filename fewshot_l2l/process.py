@@ -45,9 +45,13 @@ class FolderLock:
     """
 
     def __init__(self, path: str | os.PathLike, what: str = "run folder") -> None:
-        import fcntl  # POSIX only; imported here so that the package still imports elsewhere
-
         self.path = Path(path)
+        self.fd: int | None = None
+        try:
+            import fcntl  # POSIX only
+        except ImportError:
+            note(f"{self.path.parent}: no file locking on this platform; do not start two runs in it at once")
+            return
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -68,7 +72,7 @@ class FolderLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        self.fd: int | None = fd
+        self.fd = fd
         previous = _read(fd)
         if previous:
             note(f"{self.path.parent}: took over the lock of a run that ended without releasing it ({_describe(previous)})")
