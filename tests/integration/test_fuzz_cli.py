@@ -244,7 +244,7 @@ def check_train(outcome, folder, effective, names):
     assert {"init.pt", "last.pt", "best.pt", "metrics.csv", "curves.png"} <= {p.name for p in run.iterdir()}
 
 
-@settings(max_examples=45, **FUZZ)
+@settings(max_examples=150, **FUZZ)
 @given(values=command_lines(TRAIN))
 def test_fuzz_train(values, inputs, tiny_glyph_dataset):
     fuzz_command("train", TRAIN_BASE, values, always, check_train, inputs)
@@ -272,7 +272,7 @@ def check_evaluate(outcome, folder, effective, names):
     assert 0 <= result["accuracy"] <= 1 and result["n_episodes"] == int(effective["--episodes"])
 
 
-@settings(max_examples=45, **FUZZ)
+@settings(max_examples=150, **FUZZ)
 @given(values=command_lines(EVALUATE))
 def test_fuzz_evaluate(values, inputs, tiny_glyph_dataset):
     fuzz_command("evaluate", EVALUATE_BASE, values, always, check_evaluate, inputs)
@@ -304,7 +304,7 @@ def check_prepare(outcome, folder, effective, names):
     assert all(split.image_shape == (1, size, size) for split in splits.values())
 
 
-@settings(max_examples=45, **FUZZ)
+@settings(max_examples=120, **FUZZ)
 @given(values=command_lines(PREPARE))
 def test_fuzz_prepare_data(values, inputs):
     fuzz_command("prepare_data", PREPARE_BASE, values, prepare_constraint, check_prepare, inputs)
@@ -351,7 +351,7 @@ def check_train_optimizer(outcome, folder, effective, names):
     assert Path(summary["best"]).is_file() and ("evaluation" in summary) == (effective["--n-test"] != "0")
 
 
-@settings(max_examples=45, **FUZZ)
+@settings(max_examples=150, **FUZZ)
 @given(values=command_lines(TRAIN_OPTIMIZER))
 def test_fuzz_train_optimizer(values, inputs):
     fuzz_command("train_optimizer", TRAIN_OPTIMIZER_BASE, values, train_optimizer_constraint, check_train_optimizer, inputs)
@@ -380,7 +380,7 @@ def check_evaluate_optimizer(outcome, folder, effective, names):
     assert summary["horizon"] == int(effective.get("--horizon", 2))
 
 
-@settings(max_examples=35, **FUZZ)
+@settings(max_examples=100, **FUZZ)
 @given(values=command_lines(EVALUATE_OPTIMIZER))
 def test_fuzz_evaluate_optimizer(values, inputs):
     fuzz_command("evaluate_optimizer", EVALUATE_OPTIMIZER_BASE, values, always, check_evaluate_optimizer, inputs)
@@ -407,7 +407,7 @@ def check_plot_gates(outcome, folder, effective, names):
     assert result["n_episodes"] == int(effective["--episodes"])
 
 
-@settings(max_examples=20, **FUZZ)
+@settings(max_examples=80, **FUZZ)
 @given(values=command_lines(PLOT_GATES))
 def test_fuzz_plot_gates(values, inputs, tiny_glyph_dataset):
     fuzz_command("plot_gates", PLOT_GATES_BASE, values, always, check_plot_gates, inputs)
@@ -438,7 +438,7 @@ SAMPLER_INVALID = {"n_way": st.one_of(st.integers(-2, 1), JUNK), "k_shot": st.on
                    "seed": st.one_of(st.sampled_from([2**64, -(2**63) - 1]), JUNK)}
 
 
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=300, **FUZZ)
 @given(kwargs=arguments(SAMPLER_VALID, SAMPLER_INVALID))
 def test_fuzz_episode_sampler(kwargs):
     split = tiny_glyphs()["val"]  # 8 classes of 6 images
@@ -461,7 +461,7 @@ LEARNER_VALID = {"in_channels": st.integers(1, 3), "image_size": st.integers(1, 
 LEARNER_INVALID = {name: st.one_of(st.integers(-1, 0), JUNK) for name in LEARNER_VALID}
 
 
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=300, **FUZZ)
 @given(kwargs=arguments(LEARNER_VALID, LEARNER_INVALID))
 def test_fuzz_learner(kwargs):
     in_channels, image_size, n_way, hidden_channels, n_blocks = (kwargs[name] for name in LEARNER_VALID)
@@ -500,7 +500,7 @@ def valid_init(params) -> bool:
             and params.is_floating_point() and bool(torch.isfinite(params).all()))
 
 
-@settings(max_examples=100, **FUZZ)
+@settings(max_examples=200, **FUZZ)
 @given(kwargs=arguments(META_VALID, META_INVALID))
 def test_fuzz_meta_learner(kwargs):
     init_params, hidden_size, p = kwargs["init_params"], kwargs["hidden_size"], kwargs["p"]
