@@ -34,7 +34,7 @@ from .meta_learner import MetaLearner
 from .plots import plot_training_curves, require_matplotlib
 from .process import StopSignals
 from .runs import NonFiniteGuard, RunFolder, Stopwatch
-from .utils import meta_update, resolve_device
+from .utils import SEED_MAX, check_int, meta_update, resolve_device
 
 # skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s", "skipped_updates")
@@ -79,10 +79,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.inner_steps is None:
             self.inner_steps = default_inner_steps(self.k_shot)
-        for name in ("n_way", "k_shot", "n_query", "inner_steps", "meta_batch", "episodes", "val_every", "val_episodes",
-                     "hidden_size", "max_nonfinite"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        check_int("TrainConfig", "n_way", self.n_way, 2)  # one class would make every episode 100% accurate
+        for name in ("k_shot", "n_query", "inner_steps", "meta_batch", "episodes", "val_every", "val_episodes",
+                     "hidden_size", "hidden_channels", "max_nonfinite"):
+            check_int("TrainConfig", name, getattr(self, name), 1)
+        if self.inner_batch_size is not None:
+            check_int("TrainConfig", "inner_batch_size", self.inner_batch_size, 1)
+        check_int("TrainConfig", "seed", self.seed, 0, SEED_MAX)
+        for name in ("second_order", "compile", "amp", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig: {name} must be True or False, got {getattr(self, name)!r}")
         if self.rotate not in ROTATE_CHOICES:
             raise ValueError(f"TrainConfig: rotate must be one of {ROTATE_CHOICES}, got {self.rotate!r}")
         if self.query_bn not in QUERY_BN_MODES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import numbers
 import os
 import random
 import re
@@ -14,6 +15,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+# Seeds pass through sums such as seed * 1_000_003 + iteration into torch.Generator.manual_seed, which
+# takes at most 2**64 - 1; 32 bits keep every such sum in range.
+SEED_MAX = 2**32 - 1
+# Counts and sizes become tensor dimensions and loop bounds: above 2**31 - 1 none is meaningful, and
+# (far) larger ones would overflow torch's 64-bit sizes deep inside a run instead of failing there.
+INT_MAX = 2**31 - 1
+
+
+def check_int(owner: str, name: str, value: Any, minimum: int, maximum: int = INT_MAX) -> None:
+    """Raise ``ValueError`` ("owner: name must be an integer in [minimum, maximum], got ...") unless ``value``
+    is an ``int`` (not a ``bool``, not a float such as 1.5 or 1.0) in that range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not minimum <= value <= maximum:
+        raise ValueError(f"{owner}: {name} must be an integer in [{minimum}, {maximum}], got {value!r}")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

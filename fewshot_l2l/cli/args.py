@@ -22,16 +22,10 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from ..utils import resolve_device
+from ..utils import INT_MAX, SEED_MAX, resolve_device
 
 DEVICE_HELP = "auto (CUDA if available, else CPU) or a torch device: cpu, cuda, cuda:N, mps, xpu, ..."
 DEBUG_ENV = "FEWSHOT_L2L_DEBUG"
-# Seeds pass through sums such as seed * 1_000_003 + iteration into torch.Generator.manual_seed, which
-# takes at most 2**64 - 1; 32 bits keep every such sum in range.
-SEED_MAX = 2**32 - 1
-# Counts and sizes become tensor dimensions and loop bounds: above 2**31 - 1 none is meaningful, and
-# (far) larger ones would overflow torch's 64-bit sizes deep inside a run instead of failing here.
-INT_MAX = 2**31 - 1
 
 # Errors the library raises for bad input or a failing environment (files, permissions, network,
 # optional packages), reported in one line wherever they come from.

@@ -35,7 +35,7 @@ from .rules import RULES, UpdateRule, build_rule
 from ..checkpoints import corrupt, read_checkpoint, refuse_nonfinite
 from ..process import StopSignals
 from ..runs import NonFiniteGuard, RunFolder, Stopwatch
-from ..utils import finite_or_none, meta_update, resolve_device
+from ..utils import SEED_MAX, check_int, finite_or_none, meta_update, resolve_device
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
@@ -83,8 +83,10 @@ class OptimizerTrainConfig:
             raise ValueError(f"OptimizerTrainConfig: rule must be one of {RULES}, got {self.rule!r}")
         for name in ("hidden_size", "horizon", "unroll", "meta_batch", "iterations", "val_every", "val_problems",
                      "max_nonfinite"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"OptimizerTrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+            check_int("OptimizerTrainConfig", name, getattr(self, name), 1)
+        check_int("OptimizerTrainConfig", "seed", self.seed, 0, SEED_MAX)
+        if not isinstance(self.resume, bool):
+            raise ValueError(f"OptimizerTrainConfig: resume must be True or False, got {self.resume!r}")
         if self.horizon % self.unroll:
             raise ValueError(f"OptimizerTrainConfig: horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
         # "not x > 0" rather than "x <= 0": NaN compares False with everything.

@@ -35,7 +35,7 @@ def tiny_data(monkeypatch, tiny_splits):
     ({"grad_clip": math.nan}, "grad_clip must be a positive finite number, got nan"),
     ({"max_minutes": math.nan}, r"max_minutes must be a positive finite number \(or None\), got nan"),
     ({"max_minutes": math.inf}, "max_minutes must be a positive finite number"),
-    ({"max_nonfinite": 0}, "max_nonfinite must be >= 1"),
+    ({"max_nonfinite": 0}, r"max_nonfinite must be an integer in \[1, 2147483647\], got 0"),
 ])
 def test_train_config_refuses_settings_that_are_not_finite(overrides, message):
     with pytest.raises(ValueError, match=f"TrainConfig: {message}"):
@@ -47,12 +47,40 @@ def test_train_config_refuses_settings_that_are_not_finite(overrides, message):
     ({"output_scale": math.inf}, "output_scale must be a positive finite number, got inf"),
     ({"grad_clip": math.nan}, r"grad_clip must be a positive finite number \(or None\), got nan"),
     ({"max_minutes": math.nan}, "max_minutes must be a positive finite number"),
-    ({"max_nonfinite": 0}, "max_nonfinite must be >= 1"),
+    ({"max_nonfinite": 0}, r"max_nonfinite must be an integer in \[1, 2147483647\], got 0"),
 ])
 def test_optimizer_train_config_refuses_settings_that_are_not_finite(overrides, message):
     with pytest.raises(ValueError, match=f"OptimizerTrainConfig: {message}"):
         OptimizerTrainConfig(**overrides)
     assert OptimizerTrainConfig(grad_clip=None, max_minutes=None).grad_clip is None  # None: off
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"n_way": 1}, r"n_way must be an integer in \[2, 2147483647\], got 1"),
+    ({"n_way": True}, r"n_way must be an integer in \[2, 2147483647\], got True"),
+    ({"k_shot": 1.5}, r"k_shot must be an integer in \[1, 2147483647\], got 1.5"),
+    ({"hidden_channels": 0}, r"hidden_channels must be an integer in \[1, 2147483647\], got 0"),
+    ({"inner_batch_size": 0}, r"inner_batch_size must be an integer in \[1, 2147483647\], got 0"),
+    ({"episodes": 2**64}, r"episodes must be an integer in \[1, 2147483647\], got 18446744073709551616"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\], got -1"),
+    ({"seed": 2**64}, r"seed must be an integer in \[0, 4294967295\], got 18446744073709551616"),
+    ({"second_order": 1}, "second_order must be True or False, got 1"),
+])
+def test_train_config_refuses_what_is_not_an_integer_in_range(overrides, message):
+    """Python callers used to get n_way=1, k_shot=1.5 or seed=2**64 accepted and fail (or not) deep inside a run."""
+    with pytest.raises(ValueError, match=f"TrainConfig: {message}"):
+        TrainConfig(**overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"seed": 2**60}, r"seed must be an integer in \[0, 4294967295\], got 1152921504606846976"),
+    ({"hidden_size": True}, r"hidden_size must be an integer in \[1, 2147483647\], got True"),
+    ({"horizon": 1.0, "unroll": 1}, r"horizon must be an integer in \[1, 2147483647\], got 1.0"),
+    ({"resume": "yes"}, "resume must be True or False, got 'yes'"),
+])
+def test_optimizer_train_config_refuses_what_is_not_an_integer_in_range(overrides, message):
+    with pytest.raises(ValueError, match=f"OptimizerTrainConfig: {message}"):
+        OptimizerTrainConfig(**overrides)
 
 
 def test_a_split_too_small_for_the_episodes_fails_before_the_first_update(tiny_data, tmp_path, monkeypatch):
