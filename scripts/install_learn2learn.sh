@@ -11,8 +11,9 @@
 # numpy 2), and gsutil / qpth serve only parts of learn2learn that fewshot_l2l does not use. About 30 s.
 set -euo pipefail
 L2L_VERSION=0.2.0
-# Build tools (Cython 3 writes C that compiles on 3.11; a fresh venv's setuptools 65 has no bdist_wheel) and runtime dependencies, at versions tested with the
-# project's requirements.txt (torch 2.14.1, numpy 2.4): `import learn2learn` needs gym, requests and scipy.
+# Versions tested with the project's requirements.txt (torch 2.14.1, numpy 2.4). Build tools: Cython 3 writes C that
+# compiles on 3.11; a fresh venv's setuptools (65) has no bdist_wheel. Runtime: `import learn2learn` needs gym,
+# requests and scipy.
 BUILD_PINS=("cython==3.3.1" "setuptools==84.2.1")
 RUNTIME_PINS=("gym==0.26.2" "requests==2.34.2" "scipy==1.17.1")
 
