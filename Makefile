@@ -9,10 +9,12 @@ DEMO_DIR ?= runs/demo
 setup: $(VENV)/.installed
 
 # The editable install also puts the console scripts (fewshot-train, ...; pyproject.toml) in $(VENV)/bin.
-# learn2learn (the l2l extra) is not in requirements.txt: plain pip does not install it on Python 3.11.
-$(VENV)/.installed: requirements.txt pyproject.toml
+# learn2learn (the l2l extra) is not in requirements.txt: plain pip does not install it on Python 3.11, so
+# scripts/install_learn2learn.sh rebuilds its source release (about a minute; nothing to do once installed).
+$(VENV)/.installed: requirements.txt pyproject.toml scripts/install_learn2learn.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	bash scripts/install_learn2learn.sh $(PY)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -2,7 +2,7 @@
 
 The extras are declared in ``pyproject.toml``: ``data`` (h5py, torchvision, Pillow:
 building and reading the Omniglot / miniImageNet HDF5 files, downloads) and ``l2l``
-(learn2learn). The core algorithm and the embedded glyph dataset need none of them
+(learn2learn: :mod:`fewshot_l2l.interop`). The core algorithm and the embedded glyph dataset need none of them
 (matplotlib, for the pictures, is a core dependency: meta-training draws RUN_DIR/curves.png).
 """
 
@@ -11,9 +11,17 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+# Extras that plain pip does not install: how to set them up instead. learn2learn 0.2.0 ships only a source
+# archive whose C files do not compile on Python 3.11; scripts/install_learn2learn.sh rebuilds it (README.md).
+SETUP_COMMANDS = {
+    "l2l": "make setup (in a clone), or bash scripts/install_learn2learn.sh PYTHON; plain "
+           "pip install learn2learn fails on Python 3.11",
+}
+
 
 def require(module: str, extra: str, feature: str | None = None) -> ModuleType:
-    """``import module``, or raise ``ModuleNotFoundError`` saying ``pip install 'fewshot_l2l[extra]'``.
+    """``import module``, or raise ``ModuleNotFoundError`` saying ``pip install 'fewshot_l2l[extra]'``
+    (or, for an extra in :data:`SETUP_COMMANDS`, the command that sets it up).
 
     Args:
         module: dotted module name, e.g. ``"h5py"`` or ``"torchvision.datasets.utils"``.
@@ -24,8 +32,8 @@ def require(module: str, extra: str, feature: str | None = None) -> ModuleType:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
         missing = error.name or module  # may be one of module's own dependencies (torchvision -> PIL)
+        how = SETUP_COMMANDS.get(extra, f"pip install 'fewshot_l2l[{extra}]' (or, in a clone, pip install -e '.[{extra}]')")
         raise ModuleNotFoundError(
-            f"{feature or module} needs the optional dependency {missing!r}, which is not installed: "
-            f"pip install 'fewshot_l2l[{extra}]' (or, in a clone, pip install -e '.[{extra}]')",
+            f"{feature or module} needs the optional dependency {missing!r}, which is not installed: {how}",
             name=missing,
         ) from error

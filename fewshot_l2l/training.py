@@ -183,8 +183,13 @@ def episode_sampler(split: FewShotSplit, config: TrainConfig, seed: int) -> Epis
         ) from error
 
 
-def meta_train(config: TrainConfig, progress: bool = True) -> dict:
+def meta_train(config: TrainConfig, progress: bool = True, train_episodes=None) -> dict:
     """Meta-train on ``config.dataset`` and return a summary dict (best validation accuracy, paths, time).
+
+    ``train_episodes``: another source of the training episodes than ``config``'s train split, with the
+    interface of :class:`EpisodeSampler` (``sample``, ``generator``), e.g. a learn2learn ``TaskDataset`` through
+    :class:`fewshot_l2l.interop.l2l_episodes.TaskEpisodes`; validation and the learner's input shape still
+    come from ``config``'s dataset.
 
     Raises :class:`fewshot_l2l.process.RunLockedError` while another process runs in
     ``config.out``; :class:`fewshot_l2l.runs.NonFiniteError` after ``config.max_nonfinite``
@@ -198,10 +203,11 @@ def meta_train(config: TrainConfig, progress: bool = True) -> dict:
     if config.data is not None:  # stored absolute, so that evaluation from another folder finds the file
         config = replace(config, data=os.path.abspath(config.data))
     with RunFolder(config.out, METRICS_COLUMNS, config.resume) as run, StopSignals() as stop:
-        return _meta_train(config, device, run, stop, progress)
+        return _meta_train(config, device, run, stop, progress, train_episodes)
 
 
-def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop: StopSignals, progress: bool) -> dict:
+def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop: StopSignals, progress: bool,
+                train_episodes=None) -> dict:
     splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)
     dataset = dataset_identity(config.dataset, config.data, splits)
@@ -210,7 +216,7 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop:
     if config.compile:
         meta_learner.compile_step()
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=config.lr)
-    sampler = episode_sampler(train_split, config, config.seed)
+    sampler = episode_sampler(train_split, config, config.seed) if train_episodes is None else train_episodes
     episode_sampler(val_split, config, config.seed + 1)  # validation's episodes too: checked before the first update
     inner_generator = torch.Generator().manual_seed(config.seed)
     state = {"update": 0, "episodes": 0, "best_val_acc": -1.0, "elapsed_s": 0.0}

@@ -22,17 +22,33 @@ def find_shared_data(*relative: str) -> list[Path]:
     paths = [SHARED / "data" / name for name in relative]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        message = f"shared data not found: {', '.join(missing)} (set FEWSHOT_L2L_SHARED to the folder holding data/)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + "; CI=true, so the test must run", pytrace=False)
-        pytest.skip(message)
+        skip_or_fail_in_ci(f"shared data not found: {', '.join(missing)} (set FEWSHOT_L2L_SHARED to the folder holding data/)")
     return paths
+
+
+def skip_or_fail_in_ci(message: str) -> None:
+    """Skip the test with ``message``; under ``CI=true`` (where everything it needs is part of the set-up) fail it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + "; CI=true, so the test must run", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def shared_data():
     """:func:`find_shared_data` as a fixture: ``shared_data("omniglot/x.zip", ...)`` -> paths, or skip / fail in CI."""
     return find_shared_data
+
+
+@pytest.fixture(scope="session")
+def learn2learn():
+    """The ``learn2learn`` module; skips without it, fails under ``CI=true`` (``make setup`` installs it:
+    scripts/install_learn2learn.sh)."""
+    try:
+        import learn2learn
+        return learn2learn
+    except ImportError as error:
+        missing = str(error)  # skipped or failed outside the except block: no chained traceback in the report
+    skip_or_fail_in_ci(f"learn2learn is not installed ({missing}): make setup, or bash scripts/install_learn2learn.sh PYTHON")
 
 
 @pytest.fixture(scope="session")
