@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..evaluation import evaluate
+from ..learner import EVAL_QUERY_BN, QUERY_BN_MODES
 from ..training import checkpoint_splits, load_checkpoint
 from ..utils import resolve_device, tune_cpu_allocator
 from .args import DEVICE_HELP, command, device_arg, new_parser, positive_int, seed_int
@@ -20,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k-shot", type=positive_int, default=None, help="default: the checkpoint's")
     parser.add_argument("--n-query", type=positive_int, default=None, help="default: the checkpoint's")
     parser.add_argument("--inner-steps", type=positive_int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--query-bn", default=EVAL_QUERY_BN, choices=QUERY_BN_MODES,
+                        help="batch-norm statistics of the query set: support (not transductive, each query image "
+                             "classified on its own, as the authors evaluate) or batch (the query set's own, transductive)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="episodes evaluated at once")
     parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
     parser.add_argument("--seed", type=seed_int, default=0, help="episode seed: same seed, same episodes")
@@ -37,16 +41,17 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluate(
         meta_learner, learner, split, config.n_way, k_shot, n_query, inner_steps,
         n_episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
-        inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=not args.json, amp=config.amp,
+        inner_batch_size=config.inner_batch_size, query_bn=args.query_bn, progress=not args.json, amp=config.amp,
+        divide_grad=config.divide_grad,
     )
     if args.json:
         print(json.dumps({
             "checkpoint": args.checkpoint, "split": args.split, "n_way": config.n_way,
             "k_shot": k_shot, "accuracy": result.accuracy, "ci95": result.ci95,
-            "n_episodes": result.n_episodes,
+            "n_episodes": result.n_episodes, "query_bn": args.query_bn,
         }))
     else:
-        print(f"{args.checkpoint} on {config.dataset}/{args.split}, {config.n_way}-way {k_shot}-shot: {result}")
+        print(f"{args.checkpoint} on {config.dataset}/{args.split}, {config.n_way}-way {k_shot}-shot, query BN {args.query_bn}: {result}")
 
 
 if __name__ == "__main__":
