@@ -42,9 +42,11 @@ def test_a_method_that_disagrees_with_the_checkpoint_is_refused(fewshot_checkpoi
     assert refused.status == 1
     assert refused.error_lines == [f"prog.py: error: --method protonet: checkpoint {fewshot_checkpoint} was trained "
                                    "with --method meta-lstm"]
-    agreed = run_cli("evaluate", "--checkpoint", fewshot_checkpoint, "--method", "meta-lstm", "--episodes", "2",
-                     "--device", "cpu", "--json")
-    assert agreed.status == 0, agreed.err and json.loads(agreed.out)["method"] == "meta-lstm"
+    for query_bn in ("support", "batch"):  # support: the default
+        agreed = run_cli("evaluate", "--checkpoint", fewshot_checkpoint, "--method", "meta-lstm", "--episodes", "2",
+                         "--device", "cpu", "--json", *(["--query-bn", query_bn] if query_bn == "batch" else []))
+        assert agreed.status == 0, agreed.err
+        assert json.loads(agreed.out)["method"] == "meta-lstm" and json.loads(agreed.out)["query_bn"] == query_bn
 
 
 def test_a_baseline_refuses_options_it_does_not_have(tiny_glyph_dataset, tmp_path):
