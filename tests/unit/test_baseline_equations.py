@@ -97,3 +97,15 @@ def test_learn2learn_methods_equal_a_hand_written_one_step_version(method, tiny_
     assert torch.allclose(got, expected, atol=1e-5)
     if method == "metasgd":  # the learning rates are meta-learned too
         assert torch.allclose(torch.cat([lr.grad.reshape(-1) for lr in algorithm.wrapper.lrs]), lr_grad, atol=1e-5)
+
+
+def test_the_baselines_import_without_learn2learn_and_name_it_when_needed(monkeypatch, tiny_splits):
+    import sys
+
+    from fewshot_l2l.baselines.training import build_method
+
+    monkeypatch.setitem(sys.modules, "learn2learn", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "learn2learn.algorithms", None)
+    with pytest.raises(ModuleNotFoundError, match=r"--method maml \(learn2learn\) needs the optional dependency"):
+        build_method(BaselineConfig(method="maml", n_way=3, n_query=3, hidden_channels=2), tiny_splits["train"])
+    assert build_method(BaselineConfig(method="protonet", n_way=3, n_query=3, hidden_channels=2), tiny_splits["train"]) is not None
