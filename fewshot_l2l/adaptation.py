@@ -80,6 +80,7 @@ def adapt(
     generator: torch.Generator | None = None,
     amp: bool = False,
     on_step: Callable[[int, MetaLSTMState], None] | None = None,
+    divide_grad: bool = False,
 ) -> Tensor:
     """Run the inner loop on support sets ``[B, N, ...]``; return the final parameters ``[B, P]``.
 
@@ -93,6 +94,9 @@ def adapt(
         amp: run the learner's forward passes under bfloat16 autocast (see :func:`learner_autocast`).
         on_step: called as ``on_step(step, state)`` after each update (``step`` from 0), to observe
             the meta-learner, e.g. its gates (:func:`fewshot_l2l.gates.gate_statistics`).
+        divide_grad: divide the gradient of the (already batch-averaged) support loss by the number of
+            support images of the step a second time before the meta-learner sees it, as the authors'
+            code does (``TrainConfig.divide_grad``, part of ``--authors-config``); off by default (ours).
     """
     if inner_steps < 1:
         raise ValueError(f"adapt: inner_steps must be >= 1, got {inner_steps}")
@@ -116,6 +120,8 @@ def adapt(
         with torch.enable_grad(), learner_autocast(x.device, amp):
             losses = support_losses(learner, point, x, y)
             (grad,) = torch.autograd.grad(losses.sum(), point, create_graph=second_order)
+        if divide_grad:
+            grad = grad / x.shape[1]
         if not second_order:
             losses = losses.detach()
         theta, state = meta_learner(theta, grad, losses, state)
@@ -134,11 +140,12 @@ def run_episodes(
     second_order: bool = False,
     generator: torch.Generator | None = None,
     amp: bool = False,
+    divide_grad: bool = False,
 ) -> EpisodeResult:
-    """Adapt to every episode of the meta-batch and score the query sets."""
+    """Adapt to every episode of the meta-batch (:func:`adapt`) and score the query sets."""
     theta = adapt(
         meta_learner, learner, episode.support_x, episode.support_y, inner_steps, inner_batch_size, second_order,
-        generator, amp,
+        generator, amp, divide_grad=divide_grad,
     )
     losses, correct = [], []
     for b in range(episode.n_episodes):

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .adaptation import run_episodes
 from .data.episodes import EpisodeSampler, FewShotSplit
-from .learner import ConvLearner
+from .learner import EVAL_QUERY_BN, ConvLearner
 from .meta_learner import MetaLearner
 from .utils import nonfinite_tensors
 
@@ -52,15 +52,17 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 8,
     inner_batch_size: int | None = None,
-    query_bn: str = "batch",
+    query_bn: str = EVAL_QUERY_BN,
     progress: bool = True,
     amp: bool = False,
+    divide_grad: bool = False,
 ) -> EvalResult:
     """Accuracy over ``n_episodes`` episodes of ``split`` drawn from ``seed`` (same seed, same episodes).
 
     Runs without building a meta-gradient graph (only the learner's own
-    gradients are computed), ``batch_size`` episodes at a time; ``amp`` as in
-    :func:`fewshot_l2l.adaptation.adapt`. Raises ``ValueError`` for a meta-learner holding NaN or
+    gradients are computed), ``batch_size`` episodes at a time; ``amp`` and ``divide_grad`` as in
+    :func:`fewshot_l2l.adaptation.adapt`; ``query_bn`` (default ``"support"``, not transductive) as in
+    :mod:`fewshot_l2l.learner`. Raises ``ValueError`` for a meta-learner holding NaN or
     infinite values, or episodes whose query loss is not finite. On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator`
     first (as ``fewshot-evaluate`` does) for speed.
     """
@@ -78,7 +80,8 @@ def evaluate(
         while len(accuracies) < n_episodes:
             episode = sampler.sample(min(batch_size, n_episodes - len(accuracies)))
             result = run_episodes(
-                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp
+                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp,
+                divide_grad=divide_grad,
             )
             if not math.isfinite(result.loss.item()):
                 raise ValueError(

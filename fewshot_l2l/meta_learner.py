@@ -135,18 +135,26 @@ class CoordinateLSTMCell(nn.Module):
         return h.t(), c.t()
 
 
-class MetaLSTMCell(nn.Module):
-    """The parameters of layer 2, initialized as the authors' released code.
+FORGET_BIAS_INIT = (4.0, 6.0)  # b_F ~ U(4, 6): the PyTorch port's range, ours by default
+AUTHORS_FORGET_BIAS_INIT = (4.0, 5.0)  # b_F ~ U(4, 5): the authors' released Torch code
 
-    ``b_F ~ U(4, 6)`` so the learner starts by remembering its parameters,
-    ``b_I ~ U(-5, -4)`` so it starts with a small learning rate, ``W_F``/``W_I`` in U(-0.01, 0.01).
+
+class MetaLSTMCell(nn.Module):
+    """The parameters of layer 2.
+
+    ``b_F ~ U(forget_bias_init)`` so the learner starts by remembering its parameters: U(4, 6) by
+    default, the PyTorch port's range (the authors' Torch code draws U(4, 5), :data:`AUTHORS_FORGET_BIAS_INIT`);
+    ``b_I ~ U(-5, -4)`` so it starts with a small learning rate, ``W_F``/``W_I`` in U(-0.01, 0.01) (both as the authors).
     """
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT) -> None:
         super().__init__()
+        low, high = forget_bias_init
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"MetaLSTMCell: forget_bias_init must be a finite range (low < high), got {forget_bias_init!r}")
         self.weight_forget = nn.Parameter(torch.empty(hidden_size + 2).uniform_(-0.01, 0.01))
         self.weight_input = nn.Parameter(torch.empty(hidden_size + 2).uniform_(-0.01, 0.01))
-        self.bias_forget = nn.Parameter(torch.empty(()).uniform_(4.0, 6.0))
+        self.bias_forget = nn.Parameter(torch.empty(()).uniform_(low, high))
         self.bias_input = nn.Parameter(torch.empty(()).uniform_(-5.0, -4.0))
 
 
@@ -156,6 +164,7 @@ class MetaLSTM(nn.Module):
     Args:
         hidden_size: hidden units of layer 1 (20 in the paper).
         p: preprocessing constant of Andrychowicz et al. (10).
+        forget_bias_init: the range of ``b_F``'s uniform initialization (:class:`MetaLSTMCell`).
 
     How the step is differentiated (:meth:`forward`): when ``grad`` or ``loss``
     require grad (second order), by plain autograd through :func:`meta_lstm_step`.
@@ -167,7 +176,8 @@ class MetaLSTM(nn.Module):
     Under ``no_grad`` (evaluation) the function runs without autograd bookkeeping.
     """
 
-    def __init__(self, hidden_size: int = 20, p: float = 10.0) -> None:
+    def __init__(self, hidden_size: int = 20, p: float = 10.0,
+                 forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT) -> None:
         super().__init__()
         owner = type(self).__name__
         if not isinstance(hidden_size, numbers.Integral) or isinstance(hidden_size, bool) or hidden_size < 1:
@@ -178,7 +188,7 @@ class MetaLSTM(nn.Module):
             raise ValueError(f"{owner}: p must be a positive finite number, got p={p!r}")
         self.hidden_size, self.p = hidden_size, p
         self.lstm = CoordinateLSTMCell(4, hidden_size)
-        self.cell = MetaLSTMCell(hidden_size)
+        self.cell = MetaLSTMCell(hidden_size, forget_bias_init)
         # CPU only: coordinates per chunk of episodes in the first-order and evaluation step (see forward).
         self.cpu_chunk_rows = 1 << 15
         # The evaluation and first-order steps; compile_step replaces them by compiled ones.
@@ -267,9 +277,11 @@ class MetaLearner(MetaLSTM):
             meta-learned initial cell state ``theta_0`` (``theta_init``).
         hidden_size: hidden units of layer 1 (20 in the paper).
         p: preprocessing constant of Andrychowicz et al. (10).
+        forget_bias_init: the range of ``b_F``'s uniform initialization (:class:`MetaLSTMCell`).
     """
 
-    def __init__(self, init_params: Tensor, hidden_size: int = 20, p: float = 10.0) -> None:
+    def __init__(self, init_params: Tensor, hidden_size: int = 20, p: float = 10.0,
+                 forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT) -> None:
         if not isinstance(init_params, Tensor) or not init_params.is_floating_point():
             raise TypeError(f"MetaLearner: init_params must be a floating-point tensor [P], got {type(init_params).__name__}"
                             f"{'' if not isinstance(init_params, Tensor) else ' of dtype ' + str(init_params.dtype)}")
@@ -277,7 +289,7 @@ class MetaLearner(MetaLSTM):
             raise ValueError(f"MetaLearner: init_params must be a non-empty flat vector [P], got shape {tuple(init_params.shape)}")
         if init_params.device.type != "meta" and not bool(torch.isfinite(init_params).all()):
             raise ValueError("MetaLearner: init_params holds NaN or infinite values")
-        super().__init__(hidden_size, p)
+        super().__init__(hidden_size, p, forget_bias_init)
         self.theta_init = nn.Parameter(init_params.detach().clone())
 
     @property

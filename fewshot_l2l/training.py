@@ -11,6 +11,10 @@ stops after ``max_nonfinite`` in a row, and on SIGTERM / SIGINT saves ``last.pt`
 after the current update and exits (:mod:`fewshot_l2l.runs`, :mod:`fewshot_l2l.process`;
 ``docs/guarantees.md``). Checkpoints record the dataset's content checksum:
 resuming or evaluating on another build of the dataset is refused.
+
+Validation normalizes the query set as evaluation does by default (``val_query_bn="support"``, not
+transductive), whatever ``query_bn`` meta-training uses, so that ``best.pt`` is chosen under the protocol
+it is reported under; checkpoints from before that field validated with ``query_bn`` and resume so.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from .data import ROTATE_CHOICES, load_splits
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity, resolve_stored_path
 from .evaluation import evaluate
-from .learner import QUERY_BN_MODES, ConvLearner, LearnerConfig
-from .meta_learner import MetaLearner
+from .learner import BN_EPS, EVAL_QUERY_BN, QUERY_BN_MODES, ConvLearner, LearnerConfig
+from .meta_learner import AUTHORS_FORGET_BIAS_INIT, FORGET_BIAS_INIT, MetaLearner
 from .plots import plot_training_curves, require_matplotlib
 from .process import StopSignals
 from .runs import NonFiniteGuard, RunFolder, Stopwatch
@@ -65,7 +69,12 @@ class TrainConfig:
     hidden_size: int = 20
     hidden_channels: int = 32
     second_order: bool = False
-    query_bn: str = "batch"
+    query_bn: str = "batch"  # in meta-training: transductive, as the authors train
+    # Validation (and so best.pt's choice) under the evaluation protocol, not transductive (learner.EVAL_QUERY_BN).
+    val_query_bn: str = EVAL_QUERY_BN
+    forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT  # b_F ~ U(4, 6), ours (the authors: U(4, 5))
+    divide_grad: bool = False  # the authors divide the learner's gradient by the support batch size again (adapt)
+    bn_eps: float = BN_EPS  # ours, PyTorch's 1e-5 (the authors: 1e-3)
     compile: bool = False  # torch.compile the meta-learner step (measure first: scripts/benchmark.py --compile)
     amp: bool = False  # bfloat16 autocast for the learner's forward passes (meant for CUDA)
     val_every: int = 400  # episodes between validations
@@ -91,8 +100,14 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be True or False, got {getattr(self, name)!r}")
         if self.rotate not in ROTATE_CHOICES:
             raise ValueError(f"TrainConfig: rotate must be one of {ROTATE_CHOICES}, got {self.rotate!r}")
-        if self.query_bn not in QUERY_BN_MODES:
-            raise ValueError(f"TrainConfig: query_bn must be one of {QUERY_BN_MODES}, got {self.query_bn!r}")
+        for name in ("query_bn", "val_query_bn"):
+            if getattr(self, name) not in QUERY_BN_MODES:
+                raise ValueError(f"TrainConfig: {name} must be one of {QUERY_BN_MODES}, got {getattr(self, name)!r}")
+        low, high = self.forget_bias_init = tuple(float(v) for v in self.forget_bias_init)
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"TrainConfig: forget_bias_init must be a finite range (low < high), got {self.forget_bias_init}")
+        if not (math.isfinite(self.bn_eps) and self.bn_eps > 0):
+            raise ValueError(f"TrainConfig: bn_eps must be a positive finite number, got {self.bn_eps}")
         # "not x > 0" rather than "x <= 0": NaN compares False with everything.
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ValueError(f"TrainConfig: max_minutes must be a positive finite number (or None), got {self.max_minutes}")
@@ -102,8 +117,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The configuration a checkpoint stored; a field it lacks (older code) gets the value that code used."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        known = {k: v for k, v in values.items() if k in names}
+        if "val_query_bn" not in known:  # before the field, validation used the training query_bn
+            known["val_query_bn"] = known.get("query_bn", "batch")
+        return cls(**known)
+
+
+# The authors' released configuration (Ravi & Larochelle's Torch code) where ours differs: an update after
+# every episode, b_F ~ U(4, 5), the gradient divided by the batch size a second time, batch-norm eps 1e-3,
+# and the query set normalized with its own statistics in meta-training. One flag of train.py: --authors-config.
+AUTHORS_CONFIG = {"meta_batch": 1, "forget_bias_init": AUTHORS_FORGET_BIAS_INIT, "divide_grad": True, "bn_eps": 1e-3,
+                  "query_bn": "batch"}
+
+
+def authors_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with :data:`AUTHORS_CONFIG`'s settings (everything else, e.g. inner steps, as given)."""
+    return replace(config, **AUTHORS_CONFIG)
 
 
 def build_models(config: TrainConfig, image_shape: tuple[int, int, int]) -> tuple[MetaLearner, ConvLearner]:
@@ -115,16 +146,17 @@ def build_models(config: TrainConfig, image_shape: tuple[int, int, int]) -> tupl
     channels, height, width = image_shape
     if height != width:
         raise ValueError(f"build_models: images must be square, got {height}x{width}")
-    learner = ConvLearner(LearnerConfig(channels, height, config.n_way, config.hidden_channels))
+    learner = ConvLearner(LearnerConfig(channels, height, config.n_way, config.hidden_channels, bn_eps=config.bn_eps))
     with torch.random.fork_rng(devices=[]):  # CPU only: torch.manual_seed would also reseed CUDA's, unforked
         torch.default_generator.manual_seed(config.seed)
         init = learner.init_params(torch.Generator().manual_seed(config.seed))
-        meta_learner = MetaLearner(init, config.hidden_size)
+        meta_learner = MetaLearner(init, config.hidden_size, forget_bias_init=config.forget_bias_init)
     return meta_learner, learner
 
 
 def checkpoint_state(meta_learner, optimizer, learner, config, progress: dict, dataset: dict | None = None) -> dict:
     return {
+        "method": "meta-lstm",  # baselines.METHODS; evaluate.py reads it (checkpoints without it are meta-lstm)
         "meta_learner": meta_learner.state_dict(),
         "optimizer": optimizer.state_dict(),
         "learner": learner.state(),
@@ -265,7 +297,7 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop:
         episode = sampler.sample(config.meta_batch)
         result = run_episodes(
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
-            config.query_bn, config.second_order, inner_generator, amp=config.amp,
+            config.query_bn, config.second_order, inner_generator, amp=config.amp, divide_grad=config.divide_grad,
         )
         stepped = meta_update(meta_learner, optimizer, result.loss, config.grad_clip)
         guard.record(stepped, f"update {state['update'] + 1}", hint)
@@ -286,7 +318,8 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop:
             val = evaluate(
                 meta_learner, learner, val_split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
                 n_episodes=config.val_episodes, seed=config.seed + 1, batch_size=config.meta_batch,
-                inner_batch_size=config.inner_batch_size, query_bn=config.query_bn, progress=False, amp=config.amp,
+                inner_batch_size=config.inner_batch_size, query_bn=config.val_query_bn, progress=False, amp=config.amp,
+                divide_grad=config.divide_grad,
             )
             state["elapsed_s"] = clock.elapsed_s
             train_acc, skipped_updates = mean(interval_acc), guard.take_interval()

@@ -1,20 +1,26 @@
-"""Meta-train the Meta-LSTM on N-way K-shot episodes. Thin wrapper over fewshot_l2l.training."""
+"""Meta-train the Meta-LSTM on N-way K-shot episodes (thin wrapper over fewshot_l2l.training); with --method, a
+baseline on the same episodes instead (fewshot_l2l.cli.baseline: `--method maml --help` lists its options)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
+from ..baselines import BASELINES, METHODS
 from ..data import DATASETS, ROTATE_CHOICES
 from ..learner import QUERY_BN_MODES
-from ..training import TrainConfig, meta_train
+from ..training import AUTHORS_CONFIG, TrainConfig, authors_config, meta_train
 from ..utils import seed_everything, tune_cpu_allocator
+from .baseline import train_main as train_baseline_main
 from .args import DEVICE_HELP, command, device_arg, int_at_least, new_parser, positive_float, positive_int, seed_int, warn
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
     parser = new_parser(__doc__)
+    parser.add_argument("--method", default="meta-lstm", choices=METHODS,
+                        help="meta-lstm (ours, these options) or a baseline: --method maml --help lists its options")
     parser.add_argument("--dataset", default=defaults.dataset, choices=DATASETS)
     parser.add_argument("--data", default=None, help="dataset file (HDF5, fewshot-prepare-data) for omniglot/miniimagenet")
     parser.add_argument("--rotate", default=defaults.rotate, choices=ROTATE_CHOICES,
@@ -40,7 +46,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="torch.compile the meta-learner step (README 'Speed': measured, off by default)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the learner (for CUDA)")
     parser.add_argument("--query-bn", default=defaults.query_bn, choices=QUERY_BN_MODES,
-                        help="batch-norm statistics for the query set (batch: transductive, as the authors)")
+                        help="batch-norm statistics for the query set in meta-training (batch: transductive, as the authors)")
+    parser.add_argument("--val-query-bn", default=defaults.val_query_bn, choices=QUERY_BN_MODES,
+                        help="the same for validation (support: not transductive, the evaluation default)")
+    parser.add_argument("--authors-config", action="store_true",
+                        help="the authors' released configuration where ours differs (overrides those settings): "
+                             + ", ".join(f"{key}={value}" for key, value in AUTHORS_CONFIG.items()))
     parser.add_argument("--val-every", type=positive_int, default=defaults.val_every,
                         help="episodes between validations (rounded to whole meta-batches, with a warning)")
     parser.add_argument("--val-episodes", type=positive_int, default=defaults.val_episodes)
@@ -52,9 +63,17 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="stop after this many meta-updates in a row skipped for a NaN/inf meta-loss or gradient")
     args = parser.parse_args(argv)
     try:
-        return TrainConfig(**{key: value for key, value in vars(args).items() if key != "debug"})
+        config = TrainConfig(**{key: value for key, value in vars(args).items() if key not in ("debug", "authors_config", "method")})
+        return authors_config(config) if args.authors_config else config
     except ValueError as error:  # a combination the configuration refuses: a usage error too
         parser.error(str(error))
+
+
+def method_of(argv: list[str] | None) -> str:
+    """The ``--method`` of ``argv`` (``meta-lstm`` without one); the full parser checks its value."""
+    method = argparse.ArgumentParser(add_help=False)
+    method.add_argument("--method", default="meta-lstm")
+    return method.parse_known_args(argv)[0].method
 
 
 def warn_rounding(config: TrainConfig) -> None:
@@ -76,6 +95,8 @@ def warn_rounding(config: TrainConfig) -> None:
 
 @command
 def main(argv: list[str] | None = None) -> None:
+    if method_of(argv) in BASELINES:
+        return train_baseline_main(argv)
     config = parse_args(argv)
     warn_rounding(config)
     tune_cpu_allocator()

@@ -19,6 +19,7 @@ COMMANDS = {  # console script -> module of fewshot_l2l.cli (and scripts/<module
     "fewshot-train-optimizer": "train_optimizer",
     "fewshot-evaluate-optimizer": "evaluate_optimizer",
     "fewshot-plot-gates": "plot_gates",
+    "fewshot-compare": "compare",
 }
 
 

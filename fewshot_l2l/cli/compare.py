@@ -1,0 +1,52 @@
+"""Train every method for the same wall-clock budget, evaluate each on the same seeded test episodes (query batch
+norm from the support set, not transductive, and from the query batch, transductive) and print a markdown table
+(or, with --json, one JSON line per method). Each method's run folder is OUT/METHOD; --resume skips finished ones."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from tqdm.auto import tqdm
+
+from ..baselines import METHODS
+from ..compare import ComparisonSpec, compare, markdown_table
+from ..data import DATASETS
+from .args import DEVICE_HELP, command, device_arg, int_at_least, new_parser, positive_float, positive_int, seed_int
+
+
+@command
+def main(argv: list[str] | None = None) -> None:
+    parser = new_parser(__doc__)
+    parser.add_argument("--data", default=None, help="dataset file (HDF5); without it, the embedded glyphs")
+    parser.add_argument("--dataset", default=None, choices=DATASETS,
+                        help="default: omniglot with --data, glyphs without")
+    parser.add_argument("--k-shot", type=positive_int, required=True)
+    parser.add_argument("--n-way", type=int_at_least(2), default=5)
+    parser.add_argument("--minutes", type=positive_float, required=True, help="training budget of each method")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--episodes", type=positive_int, default=600, help="test episodes (the same for every method)")
+    parser.add_argument("--val-episodes", type=positive_int, default=200, help="episodes of each validation")
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
+    parser.add_argument("--out", default="runs/compare", help="one run folder per method under it")
+    parser.add_argument("--resume", action="store_true", help="skip finished methods, continue an interrupted one")
+    parser.add_argument("--json", action="store_true", help="one JSON line per method instead of the table")
+    args = parser.parse_args(argv)
+    dataset = args.dataset or ("omniglot" if args.data else "glyphs")
+    spec = ComparisonSpec(dataset=dataset, data=args.data, n_way=args.n_way, k_shot=args.k_shot, minutes=args.minutes,
+                          out=args.out, test_episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
+                          device=args.device, resume=args.resume)
+    bar = tqdm(total=len(args.methods), desc="methods", unit="method")
+    on_result = (lambda r: (print(json.dumps(asdict(r)), flush=True), bar.update(1))) if args.json else \
+        (lambda r: bar.update(1))
+    results = compare(args.methods, spec, on_result)
+    bar.close()
+    if not args.json:
+        print(f"{dataset}, {args.n_way}-way {args.k_shot}-shot, {args.minutes:g} min of training per method, "
+              f"{args.episodes} test episodes (seed {args.seed}):\n")
+        print(markdown_table(results))
+
+
+if __name__ == "__main__":
+    main()

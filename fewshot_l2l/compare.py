@@ -1,0 +1,170 @@
+"""Every method on the same budget and the same test episodes: ``scripts/compare.py`` (:mod:`fewshot_l2l.cli.compare`).
+
+Each method, one after another, trains for the same wall-clock budget (``max_minutes``: validation time included,
+as in every run) into ``OUT/METHOD`` (a run folder: a crash loses nothing, ``resume`` continues it), then its
+``best.pt`` is evaluated on the same seeded test episodes under both query batch-norm modes: ``support`` (not
+transductive, the evaluation protocol) and ``batch`` (transductive). Each method runs in a process of its own
+(this module's ``__main__``), so its peak memory is that process's resident-set high-water mark
+(``getrusage(RUSAGE_SELF).ru_maxrss``, training and evaluation) and no method inherits another's allocations;
+its result is written atomically to ``OUT/METHOD/result.json``, which a resumed comparison reuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import fewshot_l2l
+
+from .baselines import METHODS
+
+RESULT_NAME = "result.json"
+TRAINING_EPISODES = 10**8  # "until the budget is spent"
+
+
+@dataclass
+class ComparisonSpec:
+    """What every method of one comparison shares."""
+
+    dataset: str
+    data: str | None
+    n_way: int
+    k_shot: int
+    minutes: float
+    out: str
+    test_episodes: int = 600
+    val_episodes: int = 200
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+
+
+@dataclass
+class MethodResult:
+    """One row of the comparison (accuracies are fractions; ``*_batch``: under transductive query batch norm)."""
+
+    method: str
+    n_way: int
+    k_shot: int
+    accuracy: float
+    ci95: float
+    accuracy_batch: float
+    ci95_batch: float
+    train_seconds: float
+    episodes: int  # training episodes (finetune: pre-training mini-batches)
+    updates: int
+    wall_seconds: float  # the whole process: data, training, both evaluations
+    eval_seconds_per_episode: float  # under support mode
+    peak_rss_mb: float
+    test_episodes: int
+    load_average: float  # 1-minute load average when the method finished
+    run: str
+
+
+def _train(method: str, spec: ComparisonSpec, out: Path) -> dict:
+    common = dict(dataset=spec.dataset, data=spec.data, n_way=spec.n_way, k_shot=spec.k_shot, episodes=TRAINING_EPISODES,
+                  max_minutes=spec.minutes, val_episodes=spec.val_episodes, device=spec.device, seed=spec.seed,
+                  out=str(out), resume=spec.resume)
+    if method == "meta-lstm":
+        from .training import TrainConfig, meta_train
+        return meta_train(TrainConfig(**common))
+    from .baselines.config import BaselineConfig
+    from .baselines.training import train_baseline
+    return train_baseline(BaselineConfig(method=method, **common))
+
+
+def _evaluator(method: str, checkpoint: Path, spec: ComparisonSpec):
+    """``evaluate(query_bn) -> EvalResult`` on ``checkpoint``, loaded (with its test split) once, so that timing a
+    call times the evaluation alone."""
+    from .utils import resolve_device
+    device = resolve_device(spec.device)
+    if method == "meta-lstm":
+        from .evaluation import evaluate
+        from .training import checkpoint_splits, load_checkpoint
+        meta_learner, learner, config, raw = load_checkpoint(checkpoint, device)
+        split = checkpoint_splits(checkpoint, config, raw, None, learner)["test"].to(device)
+        return lambda query_bn: evaluate(
+            meta_learner, learner, split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
+            n_episodes=spec.test_episodes, seed=spec.seed, inner_batch_size=config.inner_batch_size, query_bn=query_bn,
+            amp=config.amp, divide_grad=config.divide_grad)
+    from .baselines.training import evaluate_method, load_baseline
+    model, config, _, splits = load_baseline(checkpoint, device)
+    split = splits["test"].to(device)
+    return lambda query_bn: evaluate_method(model, split, config.n_way, config.k_shot, config.n_query,
+                                            n_episodes=spec.test_episodes, seed=spec.seed, query_bn=query_bn)
+
+
+def run_method(method: str, spec: ComparisonSpec) -> MethodResult:
+    """Train ``method`` for ``spec.minutes`` and evaluate it (in this process; :func:`compare` runs it in a child)."""
+    from .utils import atomic_write, seed_everything, tune_cpu_allocator
+    tune_cpu_allocator()
+    seed_everything(spec.seed)
+    start = time.time()
+    out = Path(spec.out) / method
+    summary = _train(method, spec, out)
+    evaluate = _evaluator(method, Path(summary["best"]), spec)
+    began = time.time()
+    support = evaluate("support")
+    eval_seconds = time.time() - began
+    batch = evaluate("batch")
+    result = MethodResult(
+        method=method, n_way=spec.n_way, k_shot=spec.k_shot, accuracy=support.accuracy, ci95=support.ci95,
+        accuracy_batch=batch.accuracy, ci95_batch=batch.ci95, train_seconds=summary["elapsed_s"],
+        episodes=summary["episodes"], updates=summary["updates"], wall_seconds=time.time() - start,
+        eval_seconds_per_episode=eval_seconds / spec.test_episodes,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        test_episodes=spec.test_episodes, load_average=os.getloadavg()[0], run=str(out),
+    )
+    atomic_write(out / RESULT_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(result)) + "\n"))
+    return result
+
+
+def compare(methods: list[str], spec: ComparisonSpec, on_result=None) -> list[MethodResult]:
+    """Run every method of ``methods`` (one child process each, one after another) and return their results.
+
+    With ``spec.resume`` a method whose ``result.json`` exists is not run again, and one whose training was
+    interrupted continues from its ``last.pt``. ``on_result(result)`` is called as each method finishes.
+    Raises ``RuntimeError`` naming the method (and its folder) whose process failed.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"compare: methods must be some of {', '.join(METHODS)}, got {', '.join(methods) or 'none'}")
+    results = []
+    package_root = str(Path(fewshot_l2l.__file__).resolve().parents[1])  # the child imports this very package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    for method in methods:
+        saved = Path(spec.out) / method / RESULT_NAME
+        if not (spec.resume and saved.is_file()):
+            process = subprocess.run([sys.executable, "-m", "fewshot_l2l.compare", method, json.dumps(asdict(spec))],
+                                     env=env)
+            if process.returncode != 0:
+                raise RuntimeError(f"compare: {method} failed (exit status {process.returncode}); its run folder is "
+                                   f"{Path(spec.out) / method}: rerun with --resume to continue from it")
+        result = MethodResult(**json.loads(saved.read_text()))
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def markdown_table(results: list[MethodResult]) -> str:
+    """The comparison as a markdown table (accuracies in percent with their 95% CI)."""
+    lines = ["| method | test acc., support BN (not transductive) | test acc., batch BN (transductive) | training "
+             "episodes | updates | train s | wall s | eval s / episode | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        episodes = f"{r.episodes} batches" if r.method == "finetune" else str(r.episodes)
+        lines.append(f"| {r.method} | {100 * r.accuracy:.2f}% ± {100 * r.ci95:.2f}% | {100 * r.accuracy_batch:.2f}% ± "
+                     f"{100 * r.ci95_batch:.2f}% | {episodes} | {r.updates} | {r.train_seconds:.0f} | {r.wall_seconds:.0f} "
+                     f"| {r.eval_seconds_per_episode:.3f} | {r.peak_rss_mb:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the child process of compare(): METHOD SPEC_JSON
+    run_method(sys.argv[1], ComparisonSpec(**json.loads(sys.argv[2])))

@@ -1,0 +1,50 @@
+"""scripts/compare.py end to end on a tiny Omniglot-like HDF5 file (each method runs in a child process, which
+loads it in no time): two methods, a tiny budget, the --json schema, the table, a rerun with --resume that
+reuses the finished methods, and one without it that is refused."""
+
+import json
+
+import pytest
+
+from cli_helpers import make_omniglot_zip, run_cli
+
+TINY = ["--k-shot", "1", "--n-way", "3", "--minutes", "0.005", "--episodes", "4", "--val-episodes", "2",
+        "--methods", "protonet", "finetune"]
+
+
+@pytest.fixture(scope="module")
+def tiny_h5(tmp_path_factory):
+    """16x16 noise 'characters', 3 per alphabet, 16 drawings each (enough for 1 + 15 per class); 3 classes in val."""
+    pytest.importorskip("h5py")
+    folder = tmp_path_factory.mktemp("tiny_h5")
+    source = make_omniglot_zip(folder / "bg.zip", size=16, alphabets=8, characters=3, drawings=16)
+    built = run_cli("prepare_data", "omniglot", "--source", source, "--out", folder / "tiny.h5", "--image-size", "16",
+                    "--no-progress")
+    assert built.status == 0, built.err
+    return ["--data", str(folder / "tiny.h5")]
+
+
+def test_compare_two_methods_json_then_resume_as_a_table(tmp_path, tiny_h5):
+    out = tmp_path / "compare"
+    first = run_cli("compare", *TINY, *tiny_h5, "--out", out, "--json")
+    assert first.status == 0, first.err
+    lines = [json.loads(line) for line in first.out.splitlines()]
+    assert [line["method"] for line in lines] == ["protonet", "finetune"]
+    for line in lines:
+        assert {"method", "k_shot", "accuracy", "ci95", "train_seconds", "episodes", "accuracy_batch", "ci95_batch",
+                "eval_seconds_per_episode", "peak_rss_mb"} <= set(line)
+        assert line["k_shot"] == 1 and line["n_way"] == 3 and line["test_episodes"] == 4
+        assert 0 <= line["accuracy"] <= 1 and 0 <= line["accuracy_batch"] <= 1 and line["episodes"] >= 1
+        assert line["train_seconds"] > 0 and line["peak_rss_mb"] > 0
+        assert (out / line["method"] / "best.pt").is_file() and (out / line["method"] / "result.json").is_file()
+    stamps = {m: (out / m / "result.json").stat().st_mtime_ns for m in ("protonet", "finetune")}
+    again = run_cli("compare", *TINY, *tiny_h5, "--out", out, "--resume")
+    assert again.status == 0, again.err
+    assert {m: (out / m / "result.json").stat().st_mtime_ns for m in stamps} == stamps  # not run again
+    table = again.out.splitlines()
+    assert table[2].startswith("| method | test acc., support BN") and table[4].startswith("| protonet | ")
+    assert f"{100 * lines[0]['accuracy']:.2f}% ± {100 * lines[0]['ci95']:.2f}%" in table[4]
+    assert "batches" in table[5]  # finetune counts pre-training mini-batches
+
+    refused = run_cli("compare", *TINY, *tiny_h5, "--out", out)  # a finished run is never overwritten
+    assert refused.status == 1 and "protonet failed" in refused.err and "--resume" in refused.err

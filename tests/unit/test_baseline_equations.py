@@ -1,0 +1,111 @@
+"""The baselines' equations against naive or hand-written references on tiny cases."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot_l2l.baselines.config import BaselineConfig
+from fewshot_l2l.baselines.finetune import HEAD_DAMPENING, HEAD_LR, HEAD_MOMENTUM, HEAD_WEIGHT_DECAY, fit_linear_heads
+from fewshot_l2l.baselines.network import ConvNet
+from fewshot_l2l.baselines.protonet import prototype_logits
+from fewshot_l2l.data.episodes import Episode
+from fewshot_l2l.learner import ConvLearner, LearnerConfig
+
+
+def tiny_learner(n_way=3):
+    learner = ConvLearner(LearnerConfig(1, 16, n_way, hidden_channels=2, n_blocks=2))
+    theta = learner.init_params(torch.Generator().manual_seed(0)).double()
+    return learner, theta + 0.1 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=theta.dtype)
+
+
+def tiny_episode():
+    g = torch.Generator().manual_seed(2)
+    return Episode(torch.rand(1, 6, 1, 16, 16, generator=g, dtype=torch.float64), torch.tensor([[0, 1, 2, 0, 1, 2]]),
+                   torch.rand(1, 9, 1, 16, 16, generator=g, dtype=torch.float64), torch.tensor([[0, 1, 2] * 3]))
+
+
+def test_convnet_is_the_functional_learner_on_its_own_parameters():
+    learner, theta = tiny_learner()
+    net = ConvNet(learner, theta)
+    images = torch.rand(4, 1, 16, 16, dtype=torch.float64)
+    assert torch.equal(net.theta(), theta)
+    assert torch.allclose(net(images), learner.logits(theta, images), atol=0)
+    assert [p.shape for p in net.parameters()] == [torch.Size(s) for _, s in learner.param_shapes]
+
+
+def test_prototype_logits_equal_a_naive_computation():
+    g = torch.Generator().manual_seed(0)
+    support, query = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    expected = torch.empty(4, 3, dtype=torch.float64)
+    for q in range(4):
+        for k in range(3):
+            members = [support[i] for i in range(7) if labels[i] == k]
+            centre = sum(members) / len(members)
+            expected[q, k] = -sum((query[q, d] - centre[d]) ** 2 for d in range(5))
+    assert torch.allclose(prototype_logits(support, labels, query, 3), expected, atol=1e-12)
+
+
+def test_linear_heads_fit_a_separable_toy_and_each_episode_follows_its_own_gradient():
+    g = torch.Generator().manual_seed(0)
+    centres = 3 * torch.randn(2, 3, 4, generator=g)
+    labels = torch.tensor([[0, 1, 2, 0, 1, 2]] * 2)
+    features = centres.gather(1, labels[:, :, None].expand(2, 6, 4)) + 0.1 * torch.randn(2, 6, 4, generator=g)
+    init = (0.1 * torch.randn(2, 3, 4, generator=g), torch.zeros(2, 3))
+    weight, bias = fit_linear_heads(features, labels, 3, init=init)
+    logits = torch.baddbmm(bias[:, None, :], features, weight.transpose(1, 2))
+    assert torch.equal(logits.argmax(2), labels)
+    for b in range(2):  # one torch.nn.Linear per episode, Chen et al.'s SGD, as a reference
+        head = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            head.weight.copy_(init[0][b]), head.bias.copy_(init[1][b])
+        sgd = torch.optim.SGD(head.parameters(), lr=HEAD_LR, momentum=HEAD_MOMENTUM, dampening=HEAD_DAMPENING,
+                              weight_decay=HEAD_WEIGHT_DECAY)
+        for _ in range(100):
+            sgd.zero_grad()
+            F.cross_entropy(head(features[b]), labels[b]).backward()
+            sgd.step()
+        assert torch.allclose(weight[b], head.weight, atol=1e-5) and torch.allclose(bias[b], head.bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["maml", "fomaml", "metasgd"])
+def test_learn2learn_methods_equal_a_hand_written_one_step_version(method, tiny_splits):
+    pytest.importorskip("learn2learn")
+    from fewshot_l2l.baselines.maml import MAMLFamily
+
+    learner, theta = tiny_learner()
+    config = BaselineConfig(method=method, n_way=3, n_query=3, hidden_channels=2)
+    algorithm = MAMLFamily(config, learner, theta, tiny_splits["train"])
+    episode = tiny_episode()
+    loss, _ = algorithm.training_loss(episode)
+    loss.backward()
+    got = torch.cat([p.grad.reshape(-1) for p in algorithm.net.parameters()])
+    # By hand, on the flat vector: one SGD step on the support set, the query loss at the adapted parameters.
+    start = theta.clone().requires_grad_()
+    support_loss = F.cross_entropy(learner.logits(start, episode.support_x[0]), episode.support_y[0])
+    (grad,) = torch.autograd.grad(support_loss, start, create_graph=method != "fomaml")
+    if method == "metasgd":
+        lrs = torch.cat([lr.detach().reshape(-1) for lr in algorithm.wrapper.lrs]).requires_grad_()
+        assert bool(((lrs >= 0.005) & (lrs < 0.1)).all())
+    else:
+        lrs = torch.tensor(0.4, dtype=theta.dtype, requires_grad=True)
+    adapted = start - lrs * grad
+    query_loss = F.cross_entropy(learner.query_logits(adapted, episode.support_x[0], episode.query_x[0], "batch"),
+                                 episode.query_y[0])
+    expected, lr_grad = torch.autograd.grad(query_loss, [start, lrs])
+    assert loss.item() == pytest.approx(query_loss.item(), abs=1e-10)
+    assert torch.allclose(got, expected, atol=1e-5)
+    if method == "metasgd":  # the learning rates are meta-learned too
+        assert torch.allclose(torch.cat([lr.grad.reshape(-1) for lr in algorithm.wrapper.lrs]), lr_grad, atol=1e-5)
+
+
+def test_the_baselines_import_without_learn2learn_and_name_it_when_needed(monkeypatch, tiny_splits):
+    import sys
+
+    from fewshot_l2l.baselines.training import build_method
+
+    monkeypatch.setitem(sys.modules, "learn2learn", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "learn2learn.algorithms", None)
+    with pytest.raises(ModuleNotFoundError, match=r"--method maml \(learn2learn\) needs the optional dependency"):
+        build_method(BaselineConfig(method="maml", n_way=3, n_query=3, hidden_channels=2), tiny_splits["train"])
+    assert build_method(BaselineConfig(method="protonet", n_way=3, n_query=3, hidden_channels=2), tiny_splits["train"]) is not None
