@@ -100,6 +100,9 @@ class OptimizerTrainConfig:
                              f"{self.gac_cells}); use rule andrychowicz-gac or ntm-bfgs")
         if self.rule == "andrychowicz-gac" and not 1 <= self.gac_cells <= self.hidden_size:
             raise ValueError(f"OptimizerTrainConfig: andrychowicz-gac needs 1 <= gac_cells <= hidden_size, got {self.gac_cells}")
+        if self.per_layer_type and self.rule == "ntm-bfgs":
+            raise ValueError("OptimizerTrainConfig: per_layer_type is not available for ntm-bfgs, whose memory is shared by "
+                             "all coordinates of the model")
         for name, choices in (("gac_scope", GAC_SCOPES), ("horizon_schedule", HORIZON_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"OptimizerTrainConfig: {name} must be one of {choices}, got {getattr(self, name)!r}")
