@@ -13,6 +13,7 @@ from ..optim.problems import PROBLEMS, make_problems
 from ..optim.rules import GAC_SCOPES, RULES
 from ..optim.training import HORIZON_SCHEDULES, OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
 from ..utils import resolve_device, seed_everything
+from .evaluate_optimizer import ART_OPTIONS, add_art_options, problem_options
 from .args import DEVICE_HELP, command, device_arg, new_parser, non_negative_int, positive_float, positive_int, seed_int
 
 
@@ -20,6 +21,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, arg
     defaults = OptimizerTrainConfig()
     parser = new_parser(__doc__)
     parser.add_argument("--problem", default=defaults.problem, choices=PROBLEMS)
+    add_art_options(parser)
     parser.add_argument("--rule", default=defaults.rule, choices=RULES,
                         help="andrychowicz: the coordinatewise LSTM; andrychowicz-gac: with global averaging cells; "
                              "ntm-bfgs: the LSTM with GAC and a shared memory; meta-lstm: Ravi & Larochelle's")
@@ -56,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, arg
                         help="stop after this many meta-updates in a row skipped for a NaN/inf meta-loss or gradient")
     parser.add_argument("--n-test", type=non_negative_int, default=100, help="held-out problems of the final evaluation (0: skip it)")
     args = parser.parse_args(argv)
-    values = {key: value for key, value in vars(args).items() if key not in ("n_test", "debug")}
+    values = {key: value for key, value in vars(args).items() if key not in ("n_test", "debug", *ART_OPTIONS)}
+    values["problem_options"] = problem_options(args, ART_OPTIONS)
     try:
         return OptimizerTrainConfig(**values), args
     except ValueError as error:  # a combination the configuration refuses (horizon not a multiple of unroll): usage
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.n_test > 0:
         device = resolve_device(config.device)
         rule, _, _ = load_rule_checkpoint(summary["best"], device)
-        comparison = compare(rule, make_problems(config.problem, device), config.horizon, n_test=args.n_test,
+        comparison = compare(rule, make_problems(config.problem, device, **config.problem_options), config.horizon, n_test=args.n_test,
                              n_tune=args.n_test, seed=config.seed)
         print(comparison.table())
         summary["evaluation"] = comparison.summary(config.problem)

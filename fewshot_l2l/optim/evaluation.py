@@ -64,6 +64,11 @@ def chunked_step(rule: UpdateRule, theta: Tensor, grad: Tensor, loss: Tensor, st
 
 def rule_curve(rule: UpdateRule, problems: ProblemBatch, steps: int) -> Tensor:
     """Loss curves ``[steps + 1, n]`` of the learned rule (no meta-gradient is kept)."""
+    return rule_run(rule, problems, steps)[0]
+
+
+def rule_run(rule: UpdateRule, problems: ProblemBatch, steps: int) -> tuple[Tensor, Tensor]:
+    """``(loss curves [steps + 1, n], final parameters [n, P])`` of the learned rule (no meta-gradient is kept)."""
     theta = problems.initial_theta()
     state = rule.initial_state(theta)
     curve = []
@@ -76,7 +81,7 @@ def rule_curve(rule: UpdateRule, problems: ProblemBatch, steps: int) -> Tensor:
         if step == steps:
             break
         theta, state = chunked_step(rule, theta, grad, loss.detach(), state, layout=getattr(problems, "layout", None))
-    return torch.stack(curve)
+    return torch.stack(curve), theta.detach()
 
 
 def baseline_curve(name: str, lr: float, problems: ProblemBatch, steps: int) -> Tensor:

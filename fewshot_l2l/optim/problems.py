@@ -15,6 +15,7 @@ search) and ``test`` (held-out evaluation) never share a problem.
   on a fresh mini-batch of 128 at every step; classes of the three splits are disjoint.
   Wider, deeper and ReLU variants (``hidden``, ``layers``, ``activation``) test generalization.
 * :class:`~fewshot_l2l.optim.convnet.ConvNetProblems` - a small conv-net with batch norm on the same glyphs.
+* :class:`~fewshot_l2l.optim.neural_art.NeuralArtProblems` - style transfer: the pixels of an image.
 
 Every batch has a ``layout`` (:class:`~fewshot_l2l.optim.layout.ParamLayout`): its parameter tensors.
 """
@@ -31,7 +32,7 @@ from torch import Tensor
 from ..data.glyphs import make_glyph_splits
 from .layout import ParamLayout
 
-PROBLEMS = ("quadratic", "mlp", "convnet")
+PROBLEMS = ("quadratic", "mlp", "convnet", "neural-art")
 SPLITS = ("train", "tune", "test")
 
 
@@ -278,8 +279,9 @@ def make_problems(name: str, device: str | torch.device = "cpu", **options):
     """The problem distribution called ``name`` (one of :data:`PROBLEMS`) with its paper settings, or ``options``
     (keyword arguments of its class, e.g. ``hidden=40, layers=2, activation="relu"`` for ``mlp``)."""
     from .convnet import ConvNetProblems  # here: convnet builds on this module's GlyphProblems
+    from .neural_art import NeuralArtProblems
 
-    classes = {"quadratic": QuadraticProblems, "mlp": MLPProblems, "convnet": ConvNetProblems}
+    classes = {"quadratic": QuadraticProblems, "mlp": MLPProblems, "convnet": ConvNetProblems, "neural-art": NeuralArtProblems}
     if name not in classes:
         raise ValueError(f"make_problems: unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}")
     try:

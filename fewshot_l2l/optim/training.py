@@ -25,7 +25,7 @@ and exits (``docs/guarantees.md``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ from ..utils import finite_or_none, meta_update, resolve_device
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
 PROBLEM_DEFAULTS = {"quadratic": {"meta_batch": 128, "val_problems": 100}, "mlp": {"meta_batch": 1, "val_problems": 10},
-                    "convnet": {"meta_batch": 1, "val_problems": 10}}
+                    "convnet": {"meta_batch": 1, "val_problems": 10}, "neural-art": {"meta_batch": 2, "val_problems": 4}}
 HORIZON_SCHEDULES = ("fixed", "random", "curriculum")
 DEFAULT_GAC_CELLS = 5  # of the 20 units per layer: our choice, the paper gives no number
 # skipped_updates: meta-updates (unrolls) of the interval skipped for a non-finite meta-loss or meta-gradient.
@@ -59,6 +59,7 @@ class OptimizerTrainConfig:
     """All settings of a meta-training run (stored in every checkpoint)."""
 
     problem: str = "quadratic"
+    problem_options: dict = field(default_factory=dict)  # keyword arguments of the problem class (make_problems)
     rule: str = "andrychowicz"
     hidden_size: int = 20
     output_scale: float = 0.1
@@ -229,7 +230,7 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
 
 def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: RunFolder, stop: StopSignals,
                      progress: bool) -> dict:
-    distribution = make_problems(config.problem, device)
+    distribution = make_problems(config.problem, device, **config.problem_options)
     rule = build_rule_for(config).to(device)
     meta_optimizer = torch.optim.Adam([p for p in rule.parameters() if p.requires_grad], lr=config.lr)
     val_problems = distribution.sample(config.val_problems, config.seed, split="tune")

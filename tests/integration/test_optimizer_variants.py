@@ -122,3 +122,21 @@ def test_scripts_select_the_new_rules_and_evaluate_on_problem_variants(tmp_path,
     with pytest.raises(SystemExit):
         run_script("evaluate_optimizer.py", ["--checkpoint", str(run / "best.pt"), "--layers", "2"], monkeypatch, capsys)
     assert "quadratic takes no option" in capsys.readouterr().err
+
+
+def test_neural_art_scripts_train_and_evaluate_at_twice_the_resolution(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "art"
+    out = run_script("train_optimizer.py", ["--problem", "neural-art", "--image-size", "16", "--out", str(run),
+                                            "--hidden-size", "3", "--horizon", "2", "--unroll", "1", "--meta-batch", "1",
+                                            "--iterations", "1", "--val-problems", "1", "--n-test", "0", "--device", "cpu"],
+                     monkeypatch, capsys)
+    assert json.loads(out.splitlines()[-1])["iterations"] == 1
+    _, config, _ = load_rule_checkpoint(run / "best.pt")
+    assert config.problem_options == {"image_size": 16}
+    out = run_script("evaluate_optimizer.py", ["--checkpoint", str(run / "best.pt"), "--image-size", "32", "--n-test", "2",
+                                               "--n-tune", "2", "--lr-grid", "0.1", "--baselines", "adam", "--json",
+                                               "--device", "cpu"], monkeypatch, capsys)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["problem_options"] == {"image_size": 32} and result["problem"] == "neural-art"
+    assert result["images"].endswith("best_image_size32_h2_images.png")
+    assert Path(result["images"]).read_bytes()[:4] == b"\x89PNG"
