@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     suffix = ("" if problem == config.problem else f"_{problem}") + variant
     plot = args.plot if args.plot is not None else str(checkpoint.with_name(f"{checkpoint.stem}{suffix}_h{horizon}.png"))
     described = problem + "".join(f" {key}={value}" for key, value in options.items())
-    plot_curves(comparison, plot, f"{described}: {config.rule} rule (trained on {config.problem}), horizon {horizon} "
-                                  f"(trained {config.horizon})")
+    trained = f"trained {config.horizon}" + ("" if problem == config.problem else f" on {config.problem}")
+    plot_curves(comparison, plot, f"{described}: {config.rule} rule, horizon {horizon} ({trained})")
     summary = comparison.summary(problem)
     summary["problem_options"] = {**trained_options, **options}
     if problem == "neural-art":
