@@ -26,6 +26,14 @@ state still advances). Being the groups' ``lr`` field, it is what every
 ``torch.optim.lr_scheduler`` schedules (StepLR, CosineAnnealingLR, OneCycleLR
 with ``cycle_momentum=False``: there is no momentum to cycle), e.g. to anneal a
 learned rule's steps at the end of a run.
+
+Rules that look beyond one coordinate get the layout of the stepped tensors
+(:class:`~fewshot_l2l.optim.layout.ParamLayout`: their sizes, and each one's layer
+type, the group key ``layer_type`` - ``"conv"`` or ``"fc"`` - or, where a group does
+not say, ``"conv"`` for 4-d tensors and ``"fc"`` otherwise). A rule's shared state
+fields (one tensor per model, e.g. the NTM-BFGS memory) live in the state of the
+first parameter of the first group, under ``"shared:<field>"``, as
+``torch.optim.LBFGS`` keeps its global state.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
+from .layout import LAYER_TYPES, ParamLayout
 from .rules import UpdateRule
 
 
@@ -69,10 +78,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"LearnedOptimizer: parameter group key update_scale was renamed lr {_RENAMED}")
         if "lr" in param_group:
             _check_lr(param_group["lr"])
+        if param_group.get("layer_type", "fc") not in LAYER_TYPES:
+            raise ValueError(f"LearnedOptimizer: parameter group key layer_type must be one of {LAYER_TYPES}, "
+                             f"got {param_group['layer_type']!r}")
         super().add_param_group(param_group)
 
-    def _params_with_grad(self) -> tuple[list[Tensor], list[float]]:
-        params, lrs = [], []
+    def _params_with_grad(self) -> tuple[list[Tensor], list[float], list[str]]:
+        params, lrs, kinds = [], [], []
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
@@ -81,7 +93,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     raise ValueError("LearnedOptimizer: sparse gradients are not supported")
                 params.append(param)
                 lrs.append(group["lr"])
-        return params, lrs
+                kinds.append(group.get("layer_type", "conv" if param.dim() == 4 else "fc"))
+        return params, lrs, kinds
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, loss: Tensor | float | None = None) -> Tensor | float | None:
@@ -98,7 +111,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, lrs = self._params_with_grad()
+        params, lrs, kinds = self._params_with_grad()
         if not params:
             return loss
         if self.rule.needs_loss and loss is None:
@@ -106,20 +119,27 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"LearnedOptimizer.step: the {type(self.rule).__name__} rule reads the loss; call step(loss=loss) or step(closure)"
             )
         first = params[0]
+        shared = self.rule.shared_fields
+        anchor = self.state[self.param_groups[0]["params"][0]] if shared else None
         for param in params:
-            if not self.state[param]:
+            if "step" not in self.state[param]:  # (the anchor may hold only shared fields)
                 fresh = self.rule.initial_state(param.detach().reshape(1, -1))
-                self.state[param].update({name: value[0] for name, value in zip(fresh._fields, fresh)})
+                self.state[param].update({name: value[0] for name, value in zip(fresh._fields, fresh) if name not in shared})
                 self.state[param]["step"] = torch.zeros((), dtype=torch.float32)
         # The rule's own field order (not the stored dicts' key order): fields of equal shape must not swap.
-        fields = self.rule.initial_state(first.detach().new_zeros(1, 0))._fields
+        blank = self.rule.initial_state(first.detach().new_zeros(1, 0))
+        fields = blank._fields
+        for name, value in zip(fields, blank):
+            if name in shared and "shared:" + name not in anchor:
+                anchor["shared:" + name] = value[0].clone()
 
         theta = torch.cat([param.detach().reshape(-1) for param in params])[None]
         grad = torch.cat([param.grad.reshape(-1) for param in params])[None]
-        state = tuple(torch.cat([self.state[param][name] for param in params])[None] for name in fields)
+        state = tuple(anchor["shared:" + name][None] if name in shared else
+                      torch.cat([self.state[param][name] for param in params])[None] for name in fields)
         loss_tensor = None if loss is None else torch.as_tensor(loss, dtype=theta.dtype, device=theta.device).detach().reshape(1)
-        theta_next, state_next = self.rule(theta, grad, loss_tensor, state)
         sizes = [param.numel() for param in params]
+        theta_next, state_next = self.rule(theta, grad, loss_tensor, state, layout=ParamLayout(tuple(sizes), tuple(kinds)))
         if any(lr != 1.0 for lr in lrs):  # skipped at 1.0: theta + 1 * (x - theta) may round differently from x
             lr = torch.tensor([float(lr) for lr in lrs], dtype=theta.dtype, device=theta.device)
             theta_next = theta + lr.repeat_interleave(torch.tensor(sizes, device=theta.device)) * (theta_next - theta)
@@ -129,6 +149,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for param, value in zip(params, theta_next[0].split(sizes)):
             param.copy_(value.view_as(param))
         for name, value in zip(fields, state_next):
+            if name in shared:
+                anchor["shared:" + name] = value[0].clone()
+                continue
             for param, piece in zip(params, value[0].split(sizes)):
                 self.state[param][name] = piece.clone()  # own storage: a parameter that skips steps keeps only its rows
         for param in params:

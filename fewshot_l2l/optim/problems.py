@@ -13,6 +13,11 @@ search) and ``test`` (held-out evaluation) never share a problem.
 * :class:`MLPProblems` - a one-hidden-layer MLP (20 sigmoid units) classifying
   28x28 images of 10 random glyph classes (:mod:`fewshot_l2l.data.glyphs`), cross-entropy
   on a fresh mini-batch of 128 at every step; classes of the three splits are disjoint.
+  Wider, deeper and ReLU variants (``hidden``, ``layers``, ``activation``) test generalization.
+* :class:`~fewshot_l2l.optim.convnet.ConvNetProblems` - a small conv-net with batch norm on the same glyphs.
+* :class:`~fewshot_l2l.optim.neural_art.NeuralArtProblems` - style transfer: the pixels of an image.
+
+Every batch has a ``layout`` (:class:`~fewshot_l2l.optim.layout.ParamLayout`): its parameter tensors.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.glyphs import make_glyph_splits
+from .layout import ParamLayout
 
-PROBLEMS = ("quadratic", "mlp")
+PROBLEMS = ("quadratic", "mlp", "convnet", "neural-art")
 SPLITS = ("train", "tune", "test")
 
 
@@ -42,6 +48,7 @@ class ProblemBatch(Protocol):
 
     n_problems: int
     n_params: int
+    layout: ParamLayout
 
     def initial_theta(self) -> Tensor:
         """Starting parameters ``[n, P]`` (a fresh tensor every call)."""
@@ -56,6 +63,7 @@ class QuadraticBatch:
     def __init__(self, weight: Tensor, target: Tensor, theta0: Tensor) -> None:
         self.weight, self.target, self.theta0 = weight, target, theta0
         self.n_problems, self.n_params = theta0.shape
+        self.layout = ParamLayout((self.n_params,))
 
     def initial_theta(self) -> Tensor:
         return self.theta0.clone()
@@ -85,34 +93,34 @@ class QuadraticProblems:
         return QuadraticBatch(weight.to(self.device), target.to(self.device), theta0.to(self.device))
 
 
-class MLPBatch:
-    """``n`` MLPs (input -> sigmoid hidden -> n_classes), each with its own images and mini-batch stream.
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
+
+
+class GlyphBatch:
+    """``n`` networks, each with its own glyph images and mini-batch stream; subclasses define the network.
 
     Args:
         images: the split's images as float rows ``[N, D]`` (shared by all problems).
-        labels: the split's class indices ``[N]``.
         members: image indices of each problem ``[n, M]`` into ``images``.
         problem_labels: class of each member within its problem, ``[n, M]`` in ``[0, n_classes)``.
         theta0: starting parameters ``[n, P]``.
-        hidden, n_classes, batch_size: network and mini-batch sizes.
+        layout: the network's tensors (:class:`~fewshot_l2l.optim.layout.ParamLayout`).
+        n_classes, batch_size: outputs and mini-batch size.
         seed: seed of the mini-batch stream (step ``t`` always draws the same batch).
     """
 
-    def __init__(self, images: Tensor, members: Tensor, problem_labels: Tensor, theta0: Tensor,
-                 hidden: int, n_classes: int, batch_size: int, seed: int) -> None:
+    def __init__(self, images: Tensor, members: Tensor, problem_labels: Tensor, theta0: Tensor, layout: ParamLayout,
+                 n_classes: int, batch_size: int, seed: int) -> None:
         self.images, self.members, self.problem_labels, self.theta0 = images, members, problem_labels, theta0
-        self.hidden, self.n_classes, self.batch_size, self.seed = hidden, n_classes, batch_size, seed
+        self.layout, self.n_classes, self.batch_size, self.seed = layout, n_classes, batch_size, seed
         self.n_problems, self.n_params = theta0.shape
-        self.input_size = images.shape[1]
 
     def initial_theta(self) -> Tensor:
         return self.theta0.clone()
 
-    def unflatten(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``theta`` ``[n, P]`` -> ``(W1 [n, D, H], b1 [n, 1, H], W2 [n, H, C], b2 [n, 1, C])`` (views)."""
-        n, d, h, c = theta.shape[0], self.input_size, self.hidden, self.n_classes
-        w1, b1, w2, b2 = theta.split((d * h, h, h * c, c), dim=1)
-        return w1.view(n, d, h), b1.view(n, 1, h), w2.view(n, h, c), b2.view(n, 1, c)
+    def tensors(self, theta: Tensor) -> list[Tensor]:
+        """``theta`` ``[n, P]`` cut into its tensors ``[n, size_k]`` (views), in layout order."""
+        return list(theta.split(self.layout.sizes, dim=1))
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Mini-batch of step ``step``: images ``[n, batch, D]`` and labels ``[n, batch]``."""
@@ -120,24 +128,52 @@ class MLPBatch:
         order = torch.rand(self.members.shape, generator=gen).argsort(dim=1)[:, : self.batch_size].to(self.members.device)
         return self.images[self.members.gather(1, order)], self.problem_labels.gather(1, order)
 
+    def logits(self, theta: Tensor, x: Tensor) -> Tensor:
+        """Outputs ``[n, batch, n_classes]`` of the ``n`` networks on their images ``x``."""
+        raise NotImplementedError
+
     def loss(self, theta: Tensor, step: int) -> Tensor:
         x, y = self.batch(step)
-        w1, b1, w2, b2 = self.unflatten(theta)
-        logits = torch.baddbmm(b2, torch.sigmoid(torch.baddbmm(b1, x, w1)), w2)
+        logits = self.logits(theta, x)
         losses = F.cross_entropy(logits.reshape(-1, self.n_classes), y.reshape(-1), reduction="none")
         return losses.view(theta.shape[0], -1).mean(dim=1)
 
 
-class MLPProblems:
-    """MLP classifiers of 10 random glyph classes, a fresh initialization and class choice per problem.
+class MLPBatch(GlyphBatch):
+    """``n`` MLPs (input -> ``layers`` hidden layers of ``hidden`` units -> n_classes) on flattened images.
+
+    ``theta`` holds, layer after layer, ``W`` ``[in, out]`` (row-major) then ``b`` ``[out]``.
+    """
+
+    def __init__(self, *args, layer_sizes: tuple[int, ...], activation: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.layer_sizes, self.activation = layer_sizes, activation
+
+    def unflatten(self, theta: Tensor) -> tuple[Tensor, ...]:
+        """``theta`` ``[n, P]`` -> ``(W1 [n, D, H], b1 [n, 1, H], W2 ..., b2 ..., ...)`` (views)."""
+        n, pieces, out = theta.shape[0], self.tensors(theta), []
+        for k, (fan_in, fan_out) in enumerate(zip(self.layer_sizes, self.layer_sizes[1:])):
+            out += [pieces[2 * k].view(n, fan_in, fan_out), pieces[2 * k + 1].view(n, 1, fan_out)]
+        return tuple(out)
+
+    def logits(self, theta: Tensor, x: Tensor) -> Tensor:
+        weights = self.unflatten(theta)
+        activation = ACTIVATIONS[self.activation]
+        for k in range(0, len(weights) - 2, 2):  # hidden layers (a handful), then the linear output
+            x = activation(torch.baddbmm(weights[k + 1], x, weights[k]))
+        return torch.baddbmm(weights[-1], x, weights[-2])
+
+
+class GlyphProblems:
+    """Networks classifying ``n_classes`` random glyph classes, a fresh initialization and class choice per problem.
 
     The glyph dataset is generated here (a few seconds): ``classes`` classes per
     split with ``images_per_class`` drawings each; ``train``/``tune``/``test``
     problems draw their classes from the glyph ``train``/``val``/``test`` splits.
+    Subclasses define :meth:`layout`, :meth:`init_bounds` (and :meth:`init_offsets`) and :meth:`make_batch`.
 
     Args:
         n_classes: classes per problem (10).
-        hidden: sigmoid hidden units (20).
         batch_size: images per step (128).
         classes: glyph classes per split.
         images_per_class: drawings per glyph class.
@@ -146,55 +182,109 @@ class MLPProblems:
         data_seed: seed of the glyph dataset.
     """
 
-    name = "mlp"
+    name = ""
 
-    def __init__(self, n_classes: int = 10, hidden: int = 20, batch_size: int = 128,
-                 classes: dict[str, int] | None = None, images_per_class: int = 60, image_size: int = 28,
-                 device: str | torch.device = "cpu", data_seed: int = 0) -> None:
+    def __init__(self, n_classes: int = 10, batch_size: int = 128, classes: dict[str, int] | None = None,
+                 images_per_class: int = 60, image_size: int = 28, device: str | torch.device = "cpu",
+                 data_seed: int = 0) -> None:
+        owner = type(self).__name__
         classes = classes or {"train": 100, "val": 30, "test": 30}
-        if n_classes < 2 or hidden < 1 or batch_size < 1:
-            raise ValueError(f"MLPProblems: need n_classes >= 2, hidden >= 1, batch_size >= 1; got {n_classes}, {hidden}, {batch_size}")
+        if n_classes < 2 or batch_size < 1:
+            raise ValueError(f"{owner}: need n_classes >= 2 and batch_size >= 1; got {n_classes}, {batch_size}")
         if min(classes.values()) < n_classes:
-            raise ValueError(f"MLPProblems: every glyph split needs >= n_classes={n_classes} classes, got {classes}")
+            raise ValueError(f"{owner}: every glyph split needs >= n_classes={n_classes} classes, got {classes}")
         if batch_size > n_classes * images_per_class:
-            raise ValueError(f"MLPProblems: batch_size {batch_size} exceeds the {n_classes * images_per_class} images of a problem")
-        self.n_classes, self.hidden, self.batch_size, self.device = n_classes, hidden, batch_size, torch.device(device)
+            raise ValueError(f"{owner}: batch_size {batch_size} exceeds the {n_classes * images_per_class} images of a problem")
+        self.n_classes, self.batch_size, self.device = n_classes, batch_size, torch.device(device)
+        self.image_size, self.images_per_class = image_size, images_per_class
         glyph_splits = make_glyph_splits(classes, images_per_class, image_size, seed=data_seed)
         self.splits = {}
         for split, glyph_name in zip(SPLITS, ("train", "val", "test")):
             glyphs = glyph_splits[glyph_name]
-            members = glyphs.class_members  # [classes, images_per_class]
-            images = glyphs.images.flatten(1).float().div(255.0)
-            self.splits[split] = (images.to(self.device), members)
+            images = glyphs.images.flatten(1).float().div(255.0)  # rows [N, image_size**2]
+            self.splits[split] = (images.to(self.device), glyphs.class_members)  # members [classes, images_per_class]
         self.input_size = image_size * image_size
-        self.images_per_class = images_per_class
+
+    def layout(self) -> ParamLayout:
+        raise NotImplementedError
+
+    def init_bounds(self) -> Tensor:
+        """Half-width of the uniform initialization of every coordinate, ``[P]``."""
+        raise NotImplementedError
+
+    def init_offsets(self) -> Tensor | float:
+        """Centre of the uniform initialization of every coordinate (``[P]``, or 0 for all)."""
+        return 0.0
+
+    def make_batch(self, images: Tensor, members: Tensor, labels: Tensor, theta0: Tensor, seed: int) -> GlyphBatch:
+        raise NotImplementedError
 
     @property
     def n_params(self) -> int:
-        d, h, c = self.input_size, self.hidden, self.n_classes
-        return d * h + h + h * c + c
+        return self.layout().n_params
 
-    def sample(self, n: int, seed: int, split: str = "train") -> MLPBatch:
+    def sample(self, n: int, seed: int, split: str = "train") -> GlyphBatch:
+        owner = f"{type(self).__name__}.sample"
         if n < 1:
-            raise ValueError(f"MLPProblems.sample: n must be >= 1, got {n}")
-        gen = _split_generator("MLPProblems.sample", split, seed)
+            raise ValueError(f"{owner}: n must be >= 1, got {n}")
+        gen = _split_generator(owner, split, seed)
         images, class_members = self.splits[split]
         chosen = torch.rand(n, class_members.shape[0], generator=gen).argsort(dim=1)[:, : self.n_classes]  # [n, C]
         members = class_members[chosen].flatten(1)  # [n, C * images_per_class]
         problem_labels = torch.arange(self.n_classes).repeat_interleave(class_members.shape[1]).expand(n, -1)
-        # nn.Linear's default initialization, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for weights and biases.
-        d, h, c = self.input_size, self.hidden, self.n_classes
-        bounds = torch.cat((torch.full((d * h + h,), 1 / math.sqrt(d)), torch.full((h * c + c,), 1 / math.sqrt(h))))
-        theta0 = (2 * torch.rand(n, self.n_params, generator=gen) - 1) * bounds
+        theta0 = (2 * torch.rand(n, self.n_params, generator=gen) - 1) * self.init_bounds() + self.init_offsets()
         stream_seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
-        return MLPBatch(images, members.to(self.device), problem_labels.contiguous().to(self.device), theta0.to(self.device),
-                        self.hidden, self.n_classes, self.batch_size, stream_seed)
+        return self.make_batch(images, members.to(self.device), problem_labels.contiguous().to(self.device),
+                               theta0.to(self.device), stream_seed)
 
 
-def make_problems(name: str, device: str | torch.device = "cpu") -> QuadraticProblems | MLPProblems:
-    """The problem distribution called ``name`` (``quadratic`` or ``mlp``) with its paper settings."""
-    if name == "quadratic":
-        return QuadraticProblems(device=device)
-    if name == "mlp":
-        return MLPProblems(device=device)
-    raise ValueError(f"make_problems: unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}")
+class MLPProblems(GlyphProblems):
+    """MLP classifiers of 10 random glyph classes (arguments of :class:`GlyphProblems`, and the network's).
+
+    Args:
+        hidden: units per hidden layer (20).
+        layers: hidden layers (1).
+        activation: ``"sigmoid"`` (the paper's) or ``"relu"``.
+
+    Initialization: ``nn.Linear``'s default, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, for weights and biases.
+    """
+
+    name = "mlp"
+
+    def __init__(self, n_classes: int = 10, hidden: int = 20, batch_size: int = 128,
+                 classes: dict[str, int] | None = None, images_per_class: int = 60, image_size: int = 28,
+                 device: str | torch.device = "cpu", data_seed: int = 0, layers: int = 1, activation: str = "sigmoid") -> None:
+        if hidden < 1 or layers < 1:
+            raise ValueError(f"MLPProblems: need hidden >= 1 and layers >= 1; got {hidden}, {layers}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLPProblems: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        super().__init__(n_classes, batch_size, classes, images_per_class, image_size, device, data_seed)
+        self.hidden, self.layers, self.activation = hidden, layers, activation
+        self.layer_sizes = (self.input_size, *([hidden] * layers), n_classes)
+
+    def layout(self) -> ParamLayout:
+        pairs = zip(self.layer_sizes, self.layer_sizes[1:])
+        return ParamLayout(tuple(size for fan_in, fan_out in pairs for size in (fan_in * fan_out, fan_out)))
+
+    def init_bounds(self) -> Tensor:
+        return torch.cat([torch.full((fan_in * fan_out + fan_out,), 1 / math.sqrt(fan_in))
+                          for fan_in, fan_out in zip(self.layer_sizes, self.layer_sizes[1:])])
+
+    def make_batch(self, images, members, labels, theta0, seed) -> MLPBatch:
+        return MLPBatch(images, members, labels, theta0, self.layout(), self.n_classes, self.batch_size, seed,
+                        layer_sizes=self.layer_sizes, activation=self.activation)
+
+
+def make_problems(name: str, device: str | torch.device = "cpu", **options):
+    """The problem distribution called ``name`` (one of :data:`PROBLEMS`) with its paper settings, or ``options``
+    (keyword arguments of its class, e.g. ``hidden=40, layers=2, activation="relu"`` for ``mlp``)."""
+    from .convnet import ConvNetProblems  # here: convnet builds on this module's GlyphProblems
+    from .neural_art import NeuralArtProblems
+
+    classes = {"quadratic": QuadraticProblems, "mlp": MLPProblems, "convnet": ConvNetProblems, "neural-art": NeuralArtProblems}
+    if name not in classes:
+        raise ValueError(f"make_problems: unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}")
+    try:
+        return classes[name](device=device, **options)
+    except TypeError as error:
+        raise ValueError(f"make_problems: {name} takes no option(s) {sorted(options)}: {error}") from error

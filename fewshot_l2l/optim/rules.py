@@ -16,6 +16,15 @@ rule:
    a two-layer coordinatewise LSTM (20 units per layer) over the preprocessed
    gradient (p = 10), a learned linear output times an output scale (0.1),
    ``theta_t = theta_{t-1} + 0.1 * W h2_t + b``; weights shared by all coordinates.
+   With ``gac_cells > 0`` it is the paper's LSTM with *global averaging cells*
+   (kind ``andrychowicz-gac``), no longer coordinatewise.
+3. :class:`~fewshot_l2l.optim.ntm.NTMBFGSRule` - the LSTM with GAC as the controller
+   of a memory shared by all coordinates (the paper's "NTM-BFGS").
+
+Rules that look beyond one coordinate (``coordinatewise = False``) receive the
+problem's :class:`~fewshot_l2l.optim.layout.ParamLayout` (which coordinates form
+which tensor) as ``layout``; a state field named in ``shared_fields`` is one
+tensor per problem (leading shape ``[B]``, not ``[B, P]``), e.g. a memory.
 """
 
 from __future__ import annotations
@@ -30,8 +39,10 @@ from torch import Tensor, nn
 
 from ..meta_learner import CoordinateLSTMCell, MetaLSTM, MetaLSTMState, meta_lstm_from_state_dict
 from ..preprocess import preprocess
+from .layout import ParamLayout, segment_mean
 
-RULES = ("andrychowicz", "meta-lstm")
+RULES = ("andrychowicz", "andrychowicz-gac", "ntm-bfgs", "meta-lstm")
+GAC_SCOPES = ("tensor", "model")
 
 
 def _check_step_inputs(owner: str, theta: Tensor, grad: Tensor, loss: Tensor | None) -> None:
@@ -45,18 +56,25 @@ class UpdateRule(nn.Module):
     """Base class of coordinatewise update rules (see the module docstring for the contract).
 
     Subclasses define :meth:`initial_state` and :meth:`forward`, and set
-    ``needs_loss`` when the loss is an input of the rule.
+    ``needs_loss`` when the loss is an input of the rule, ``coordinatewise = False``
+    when a coordinate's update depends on other coordinates (then it cannot be
+    computed on blocks of coordinates), ``shared_fields`` for state fields of
+    leading shape ``[B]`` shared by all coordinates of a problem.
     """
 
     needs_loss: bool = False
+    coordinatewise: bool = True
+    shared_fields: tuple[str, ...] = ()
     kind: str = ""
 
     def initial_state(self, theta: Tensor) -> tuple[Tensor, ...]:
         """Fresh recurrent state for parameters ``theta`` ``[B, P]``: a NamedTuple of tensors with leading shape ``[B, P]``."""
         raise NotImplementedError
 
-    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """One update of every coordinate: returns ``(theta_next, new_state)``."""
+    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: tuple[Tensor, ...],
+                layout: ParamLayout | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One update of every coordinate: returns ``(theta_next, new_state)``; ``layout`` (``None``: one tensor)
+        matters only to rules that are not coordinatewise."""
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -106,7 +124,8 @@ class MetaLSTMRule(UpdateRule):
     def initial_state(self, theta: Tensor) -> MetaLSTMState:
         return self.meta_lstm.initial_state(theta)
 
-    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: MetaLSTMState) -> tuple[Tensor, MetaLSTMState]:
+    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: MetaLSTMState,
+                layout: ParamLayout | None = None) -> tuple[Tensor, MetaLSTMState]:
         if loss is None:
             raise ValueError("MetaLSTMRule: the Meta-LSTM takes the loss as an input; pass loss [B]")
         return self.meta_lstm(theta, grad, loss, state)
@@ -125,7 +144,7 @@ class AndrychowiczState(NamedTuple):
 
 
 class AndrychowiczRule(UpdateRule):
-    """Rule (2): the coordinatewise two-layer LSTM optimizer of Andrychowicz et al. (2016).
+    """Rule (2): the coordinatewise two-layer LSTM optimizer of Andrychowicz et al. (2016), optionally with GAC.
 
     ``x_t = preprocess(grad_t)`` (2 features, p = 10) -> LSTM(2 -> hidden) ->
     LSTM(hidden -> hidden) -> linear(hidden -> 1) -> times ``output_scale``;
@@ -133,22 +152,40 @@ class AndrychowiczRule(UpdateRule):
     (the equations of ``nn.LSTMCell``; :class:`CoordinateLSTMCell` computes them
     with one matmul per layer for all coordinates).
 
+    Global averaging cells (paper, section 3.2 "Information sharing between
+    coordinates"): in each layer, the first ``gac_cells`` of the ``hidden``
+    cells have their outgoing activation ``h`` replaced, at every step, by its
+    mean over the coordinates - of the coordinate's parameter tensor
+    (``gac_scope="tensor"``, from the ``layout`` passed to :meth:`forward`; all of
+    ``theta`` when there is none) or of the whole problem (``"model"``). The
+    averaged ``h`` is what the next layer and the layer's own recurrence see;
+    the cell states ``c`` stay per coordinate. A mean of, e.g., squared
+    preprocessed gradients is how the rule can express gradient-norm-dependent
+    steps such as L2 clipping.
+
     Args:
         hidden_size: units per LSTM layer (20 in the paper).
         p: gradient preprocessing constant (10).
         output_scale: fixed factor on the linear output (0.1 in the paper).
+        gac_cells: averaged cells per layer (0: the plain coordinatewise rule), at most ``hidden_size``.
+        gac_scope: ``"tensor"`` or ``"model"``, what the averages run over.
     """
 
-    kind = "andrychowicz"
-
-    def __init__(self, hidden_size: int = 20, p: float = 10.0, output_scale: float = 0.1) -> None:
+    def __init__(self, hidden_size: int = 20, p: float = 10.0, output_scale: float = 0.1, gac_cells: int = 0,
+                 gac_scope: str = "tensor", input_size: int = 2) -> None:
         super().__init__()
         if hidden_size < 1:
-            raise ValueError(f"AndrychowiczRule: hidden_size must be >= 1, got {hidden_size}")
+            raise ValueError(f"{type(self).__name__}: hidden_size must be >= 1, got {hidden_size}")
         if p <= 0 or output_scale <= 0:
-            raise ValueError(f"AndrychowiczRule: p and output_scale must be positive, got p={p}, output_scale={output_scale}")
+            raise ValueError(f"{type(self).__name__}: p and output_scale must be positive, got p={p}, output_scale={output_scale}")
+        if not 0 <= gac_cells <= hidden_size:
+            raise ValueError(f"{type(self).__name__}: gac_cells must be in [0, hidden_size={hidden_size}], got {gac_cells}")
+        if gac_scope not in GAC_SCOPES:
+            raise ValueError(f"{type(self).__name__}: gac_scope must be one of {GAC_SCOPES}, got {gac_scope!r}")
         self.hidden_size, self.p, self.output_scale = hidden_size, p, output_scale
-        self.layer1 = CoordinateLSTMCell(2, hidden_size)
+        self.gac_cells, self.gac_scope = gac_cells, gac_scope
+        self.coordinatewise = gac_cells == 0
+        self.layer1 = CoordinateLSTMCell(input_size, hidden_size)
         self.layer2 = CoordinateLSTMCell(hidden_size, hidden_size)
         self.output = nn.Linear(hidden_size, 1)
         # nn.LSTMCell's default initialization U(-1/sqrt(H), 1/sqrt(H)): CoordinateLSTMCell's
@@ -159,30 +196,66 @@ class AndrychowiczRule(UpdateRule):
                 for weight in (layer.weight_ih, layer.weight_hh, layer.bias):
                     weight.uniform_(-bound, bound)
 
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "andrychowicz-gac" if self.gac_cells else "andrychowicz"
+
     def initial_state(self, theta: Tensor) -> AndrychowiczState:
         zeros = theta.new_zeros(*theta.shape, self.hidden_size)
         return AndrychowiczState(zeros, zeros, zeros, zeros)
 
-    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: AndrychowiczState) -> tuple[Tensor, AndrychowiczState]:
-        _check_step_inputs("AndrychowiczRule", theta, grad, loss)
-        rows = theta.numel()
-        h1, c1, h2, c2 = (s.reshape(rows, self.hidden_size) for s in state)
-        h1, c1 = self.layer1(preprocess(grad, self.p).reshape(rows, 2), h1, c1)
-        h2, c2 = self.layer2(h1, h2, c2)
-        update = self.output(h2).view(theta.shape) * self.output_scale
-        shape = (*theta.shape, self.hidden_size)
-        return theta + update, AndrychowiczState(h1.view(shape), c1.view(shape), h2.view(shape), c2.view(shape))
+    def average_cells(self, h: Tensor, layout: ParamLayout | None) -> Tensor:
+        """``h`` ``[B, P, hidden]`` with its first ``gac_cells`` columns replaced by their means (see the class docstring)."""
+        if not self.gac_cells:
+            return h
+        scope = layout if self.gac_scope == "tensor" else None
+        return torch.cat((segment_mean(h[..., : self.gac_cells], scope), h[..., self.gac_cells:]), dim=-1)
+
+    def controller(self, x: Tensor, state: tuple[Tensor, ...], layout: ParamLayout | None) -> AndrychowiczState:
+        """Both LSTM layers (with GAC) on inputs ``x`` ``[B, P, input]``: the new ``(h1, c1, h2, c2)``, each ``[B, P, hidden]``."""
+        shape, rows = (*x.shape[:2], self.hidden_size), x.shape[0] * x.shape[1]
+        h1, c1, h2, c2 = (s.reshape(rows, self.hidden_size) for s in state[:4])
+        h1, c1 = self.layer1(x.reshape(rows, -1), h1, c1)
+        h1 = self.average_cells(h1.view(shape), layout)
+        h2, c2 = self.layer2(h1.reshape(rows, self.hidden_size), h2, c2)
+        h2 = self.average_cells(h2.view(shape), layout)
+        return AndrychowiczState(h1, c1.view(shape), h2, c2.view(shape))
+
+    def forward(self, theta: Tensor, grad: Tensor, loss: Tensor | None, state: AndrychowiczState,
+                layout: ParamLayout | None = None) -> tuple[Tensor, AndrychowiczState]:
+        _check_step_inputs(type(self).__name__, theta, grad, loss)
+        if layout is not None:
+            layout.check(type(self).__name__, theta.shape[1])
+        new_state = self.controller(preprocess(grad, self.p), state, layout)
+        update = self.output(new_state.h2).view(theta.shape) * self.output_scale
+        return theta + update, new_state
 
     def config(self) -> dict:
-        return {"rule": self.kind, "hidden_size": self.hidden_size, "p": self.p, "output_scale": self.output_scale}
+        config = {"rule": self.kind, "hidden_size": self.hidden_size, "p": self.p, "output_scale": self.output_scale}
+        if self.gac_cells:  # the plain rule's config as before GAC existed
+            config.update(gac_cells=self.gac_cells, gac_scope=self.gac_scope)
+        return config
 
 
 def build_rule(config: dict) -> UpdateRule:
     """A fresh rule from :meth:`UpdateRule.config` output (``{"rule": name, **arguments}``)."""
+    from .ntm import NTMBFGSRule  # here, not at the top: ntm builds on this module's AndrychowiczRule
+    from .per_type import LayerTypeRule
+
     values = dict(config)
     name = values.pop("rule", None)
     if name == "andrychowicz":
+        if values.get("gac_cells", 0):
+            raise ValueError("build_rule: the andrychowicz rule has no global averaging cells; use andrychowicz-gac")
         return AndrychowiczRule(**values)
+    if name == "andrychowicz-gac":
+        if values.get("gac_cells", 0) < 1:
+            raise ValueError(f"build_rule: andrychowicz-gac needs gac_cells >= 1, got {values.get('gac_cells', 0)}")
+        return AndrychowiczRule(**values)
+    if name == "ntm-bfgs":
+        return NTMBFGSRule(**values)
     if name == "meta-lstm":
         return MetaLSTMRule(hidden_size=values.get("hidden_size", 20))
-    raise ValueError(f"build_rule: unknown rule {name!r}; choose one of {', '.join(RULES)}")
+    if name == LayerTypeRule.kind:
+        return LayerTypeRule({kind: build_rule(sub) for kind, sub in values.items()})
+    raise ValueError(f"build_rule: unknown rule {name!r}; choose one of {', '.join(RULES)} (or {LayerTypeRule.kind})")

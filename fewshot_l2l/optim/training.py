@@ -8,7 +8,9 @@ Each iteration draws ``meta_batch`` fresh problems, starts them at their
 
 (``theta_t`` is produced by the rule with weights ``phi``) is backpropagated
 through the unroll, Adam updates ``phi``, and ``theta`` and the rule's state
-are carried into the next unroll, detached. As in Andrychowicz et al., the
+are carried into the next unroll, detached. With ``horizon_schedule`` ``random``
+or ``curriculum`` the horizon changes per iteration (see :func:`iteration_horizon`),
+so that the rule sees more steps than the horizon it is evaluated at. As in Andrychowicz et al., the
 gradient fed to the rule is a constant for the meta-gradient (no second
 derivatives of ``f``); the path ``phi -> theta_t -> f(theta_t)`` is exact.
 
@@ -23,7 +25,7 @@ and exits (``docs/guarantees.md``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .problems import PROBLEMS, make_problems
 from .evaluation import curve_metrics, rule_curve
-from .rules import RULES, UpdateRule, build_rule
+from .rules import GAC_SCOPES, RULES, UpdateRule, build_rule
 from ..checkpoints import corrupt, read_checkpoint, refuse_nonfinite
 from ..process import StopSignals
 from ..runs import NonFiniteGuard, RunFolder, Stopwatch
@@ -39,7 +41,10 @@ from ..utils import SEED_MAX, check_int, finite_or_none, meta_update, resolve_de
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
 # iteration already costs ~4 s and ~1 GB for a 20-step unroll on CPU.
-PROBLEM_DEFAULTS = {"quadratic": {"meta_batch": 128, "val_problems": 100}, "mlp": {"meta_batch": 1, "val_problems": 10}}
+PROBLEM_DEFAULTS = {"quadratic": {"meta_batch": 128, "val_problems": 100}, "mlp": {"meta_batch": 1, "val_problems": 10},
+                    "convnet": {"meta_batch": 1, "val_problems": 10}, "neural-art": {"meta_batch": 2, "val_problems": 4}}
+HORIZON_SCHEDULES = ("fixed", "random", "curriculum")
+DEFAULT_GAC_CELLS = 5  # of the 20 units per layer: our choice, the paper gives no number
 # skipped_updates: meta-updates (unrolls) of the interval skipped for a non-finite meta-loss or meta-gradient.
 METRICS_COLUMNS = ("iteration", "train_meta_loss", "val_final_loss", "val_sum_loss", "elapsed_s", "skipped_updates")
 
@@ -54,11 +59,19 @@ class OptimizerTrainConfig:
     """All settings of a meta-training run (stored in every checkpoint)."""
 
     problem: str = "quadratic"
+    problem_options: dict = field(default_factory=dict)  # keyword arguments of the problem class (make_problems)
     rule: str = "andrychowicz"
     hidden_size: int = 20
     output_scale: float = 0.1
+    gac_cells: int | None = None  # averaged cells per layer (andrychowicz-gac, ntm-bfgs); None: 0 or DEFAULT_GAC_CELLS
+    gac_scope: str = "tensor"  # what GAC average over: "tensor" (each parameter tensor) or "model"
+    memory_size: int = 8  # ntm-bfgs: the memory is memory_size x memory_size
+    read_heads: int = 1  # ntm-bfgs: read heads per coordinate
+    per_layer_type: bool = False  # a separate rule (same kind and size) for conv and fully connected layers
     horizon: int = 100  # optimization steps per problem
     unroll: int = 20  # steps per truncated-BPTT segment (one meta-update each)
+    horizon_schedule: str = "fixed"  # "fixed", "random" (uniform in [horizon, max_horizon]) or "curriculum"
+    max_horizon: int | None = None  # longest horizon of random / curriculum schedules; None: 4 * horizon
     meta_batch: int | None = None  # problems per iteration; None: PROBLEM_DEFAULTS
     iterations: int = 500  # problem batches, each run for the whole horizon
     max_minutes: float | None = None  # also stop (after validating and checkpointing) after this much time
@@ -81,14 +94,34 @@ class OptimizerTrainConfig:
                 setattr(self, name, value)
         if self.rule not in RULES:
             raise ValueError(f"OptimizerTrainConfig: rule must be one of {RULES}, got {self.rule!r}")
+        if self.gac_cells is None:
+            self.gac_cells = DEFAULT_GAC_CELLS if self.rule in ("andrychowicz-gac", "ntm-bfgs") else 0
+        if self.gac_cells and self.rule in ("andrychowicz", "meta-lstm"):
+            raise ValueError(f"OptimizerTrainConfig: the {self.rule} rule has no global averaging cells (gac_cells "
+                             f"{self.gac_cells}); use rule andrychowicz-gac or ntm-bfgs")
+        if self.rule == "andrychowicz-gac" and not 1 <= self.gac_cells <= self.hidden_size:
+            raise ValueError(f"OptimizerTrainConfig: andrychowicz-gac needs 1 <= gac_cells <= hidden_size, got {self.gac_cells}")
+        if self.per_layer_type and self.rule == "ntm-bfgs":
+            raise ValueError("OptimizerTrainConfig: per_layer_type is not available for ntm-bfgs, whose memory is shared by "
+                             "all coordinates of the model")
+        for name, choices in (("gac_scope", GAC_SCOPES), ("horizon_schedule", HORIZON_SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"OptimizerTrainConfig: {name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.max_horizon is None:
+            self.max_horizon = 4 * self.horizon if self.horizon_schedule != "fixed" else self.horizon
         for name in ("hidden_size", "horizon", "unroll", "meta_batch", "iterations", "val_every", "val_problems",
-                     "max_nonfinite"):
+                     "max_nonfinite", "memory_size", "read_heads", "max_horizon"):
             check_int("OptimizerTrainConfig", name, getattr(self, name), 1)
+        check_int("OptimizerTrainConfig", "gac_cells", self.gac_cells, 0)
         check_int("OptimizerTrainConfig", "seed", self.seed, 0, SEED_MAX)
         if not isinstance(self.resume, bool):
             raise ValueError(f"OptimizerTrainConfig: resume must be True or False, got {self.resume!r}")
-        if self.horizon % self.unroll:
-            raise ValueError(f"OptimizerTrainConfig: horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
+        for name in ("horizon", "max_horizon"):
+            if getattr(self, name) % self.unroll:
+                raise ValueError(f"OptimizerTrainConfig: {name} ({getattr(self, name)}) must be a multiple of unroll ({self.unroll})")
+        if self.max_horizon < self.horizon or (self.horizon_schedule == "fixed" and self.max_horizon != self.horizon):
+            raise ValueError(f"OptimizerTrainConfig: max_horizon ({self.max_horizon}) must be >= horizon ({self.horizon}), "
+                             f"and only random / curriculum horizon schedules use it")
         # "not x > 0" rather than "x <= 0": NaN compares False with everything.
         for name in ("lr", "output_scale", "grad_clip", "max_minutes"):
             value = getattr(self, name)
@@ -102,6 +135,19 @@ class OptimizerTrainConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def rule_config_for(config: OptimizerTrainConfig) -> dict:
+    """The :func:`build_rule` configuration of the rule ``config`` describes."""
+    if config.rule == "meta-lstm":
+        single = {"rule": "meta-lstm", "hidden_size": config.hidden_size}
+    else:
+        single = {"rule": config.rule, "hidden_size": config.hidden_size, "output_scale": config.output_scale}
+        if config.rule != "andrychowicz":
+            single.update(gac_cells=config.gac_cells, gac_scope=config.gac_scope)
+        if config.rule == "ntm-bfgs":
+            single.update(memory_size=config.memory_size, read_heads=config.read_heads)
+    return {"rule": "per-layer-type", "conv": single, "fc": single} if config.per_layer_type else single
+
+
 def build_rule_for(config: OptimizerTrainConfig) -> UpdateRule:
     """A fresh rule as ``config`` describes it, initialized from ``config.seed``.
 
@@ -110,9 +156,25 @@ def build_rule_for(config: OptimizerTrainConfig) -> UpdateRule:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if config.rule == "andrychowicz":
-            return build_rule({"rule": "andrychowicz", "hidden_size": config.hidden_size, "output_scale": config.output_scale})
-        return build_rule({"rule": "meta-lstm", "hidden_size": config.hidden_size})
+        return build_rule(rule_config_for(config))
+
+
+def iteration_horizon(config: OptimizerTrainConfig, iteration: int) -> int:
+    """Steps run on the problems of iteration ``iteration`` (0-based), a multiple of ``unroll``.
+
+    ``fixed``: ``horizon``. ``random``: uniform over the multiples of ``unroll`` in
+    ``[horizon, max_horizon]``, drawn from ``(seed, iteration)`` (a resumed run draws the same).
+    ``curriculum``: from ``horizon`` at the first iteration linearly up to ``max_horizon`` at the
+    last, rounded down to a multiple of ``unroll``.
+    """
+    low, high = config.horizon // config.unroll, config.max_horizon // config.unroll
+    if config.horizon_schedule == "random":
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration + 7)
+        return config.unroll * int(torch.randint(low, high + 1, (), generator=gen))
+    if config.horizon_schedule == "curriculum":
+        fraction = iteration / max(1, config.iterations - 1)
+        return config.unroll * int(low + (high - low) * fraction)
+    return config.horizon
 
 
 def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UpdateRule, OptimizerTrainConfig, dict]:
@@ -146,7 +208,7 @@ def unrolled_meta_loss(rule: UpdateRule, problems, theta: torch.Tensor, state: t
     for offset in range(1, unroll + 1):
         # The gradient is a constant input of the rule (no create_graph): first-order, as in the paper.
         (grad,) = torch.autograd.grad(loss.sum(), theta, retain_graph=True)
-        theta, state = rule(theta, grad, loss.detach(), state)
+        theta, state = rule(theta, grad, loss.detach(), state, layout=getattr(problems, "layout", None))
         loss = problems.loss(theta, start + offset)
         meta_loss = meta_loss + loss.mean()
     return meta_loss, theta, state
@@ -171,10 +233,11 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
 
 def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: RunFolder, stop: StopSignals,
                      progress: bool) -> dict:
-    distribution = make_problems(config.problem, device)
+    distribution = make_problems(config.problem, device, **config.problem_options)
     rule = build_rule_for(config).to(device)
     meta_optimizer = torch.optim.Adam([p for p in rule.parameters() if p.requires_grad], lr=config.lr)
     val_problems = distribution.sample(config.val_problems, config.seed, split="tune")
+    val_horizon = config.max_horizon  # = horizon unless a schedule trains on longer ones: select for those too
     interval_loss, interval_count = 0.0, 0
 
     def checkpoint(state: dict) -> dict:
@@ -216,7 +279,7 @@ def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: Ru
         problems = distribution.sample(config.meta_batch, config.seed * 1_000_003 + state["iteration"], split="train")
         theta = problems.initial_theta()
         rule_state = rule.initial_state(theta)
-        for start in range(0, config.horizon, config.unroll):
+        for start in range(0, iteration_horizon(config, state["iteration"]), config.unroll):
             meta_loss, theta, rule_state = unrolled_meta_loss(rule, problems, theta, rule_state, start, config.unroll)
             stepped = meta_update(rule, meta_optimizer, meta_loss, config.grad_clip)
             guard.record(stepped, f"iteration {state['iteration'] + 1}", hint)
@@ -232,7 +295,7 @@ def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: Ru
 
         out_of_time = clock.out_of_time()
         if state["iteration"] % config.val_every == 0 or state["iteration"] == config.iterations or out_of_time:
-            val_final, val_sum = validate(rule, val_problems, config.horizon)
+            val_final, val_sum = validate(rule, val_problems, val_horizon)
             state["elapsed_s"] = clock.elapsed_s
             train_meta_loss = interval_loss / interval_count if interval_count else math.nan
             skipped_updates = guard.take_interval()

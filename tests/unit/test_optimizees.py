@@ -68,3 +68,55 @@ def test_bad_arguments():
         MLPProblems(classes={"train": 10, "val": 10, "test": 10}, images_per_class=5)
     with pytest.raises(ValueError, match="n must be >= 1"):
         QuadraticProblems().sample(0, seed=0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_deeper_wider_mlp_matches_nn_reference(activation):
+    distribution = MLPProblems(hidden=6, layers=2, activation=activation, classes={"train": 10, "val": 10, "test": 10},
+                               images_per_class=3, image_size=8, batch_size=16)
+    problems = distribution.sample(2, seed=1)
+    theta = problems.initial_theta()
+    assert theta.shape == (2, 64 * 6 + 6 + 6 * 6 + 6 + 6 * 10 + 10) and problems.layout.sizes == (384, 6, 36, 6, 60, 10)
+    x, y = problems.batch(0)
+    act = nn.ReLU() if activation == "relu" else nn.Sigmoid()
+    for k in range(2):
+        net = nn.Sequential(nn.Linear(64, 6), act, nn.Linear(6, 6), act, nn.Linear(6, 10))
+        weights = problems.unflatten(theta[k : k + 1])
+        with torch.no_grad():
+            for layer, (w, b) in zip(net[::2], zip(weights[::2], weights[1::2])):
+                layer.weight.copy_(w[0].t()), layer.bias.copy_(b[0, 0])
+        assert problems.loss(theta, 0)[k].item() == pytest.approx(F.cross_entropy(net(x[k]), y[k]).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MLPProblems(activation="tanh")
+    assert make_problems("mlp", hidden=40, layers=2, activation="relu", classes={"train": 10, "val": 10, "test": 10},
+                         images_per_class=13).layer_sizes == (784, 40, 40, 10)
+    with pytest.raises(ValueError, match="quadratic takes no option"):
+        make_problems("quadratic", hidden=3)
+
+
+def test_convnet_loss_matches_nn_reference():
+    from fewshot_l2l.optim.convnet import ConvNetProblems
+
+    distribution = ConvNetProblems(classes={"train": 10, "val": 10, "test": 10}, images_per_class=3, image_size=16,
+                                   batch_size=12, channels=4, conv_layers=2, hidden=5)
+    problems = distribution.sample(3, seed=2, split="test")
+    theta = problems.initial_theta() + 0.1 * torch.randn(3, distribution.n_params)  # batch norm away from (1, 0) too
+    layout = problems.layout
+    assert layout.kinds == ("conv",) * 6 + ("fc",) * 4
+    assert layout.sizes == (36, 4, 4, 144, 4, 4, 4 * 4 * 4 * 5, 5, 50, 10)
+    assert torch.equal(problems.initial_theta()[:, 36:40], torch.ones(3, 4))  # batch-norm scales start at 1
+    x, y = problems.batch(1)
+    for k in range(3):
+        pieces = [piece[k] for piece in problems.tensors(theta)]
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(64, 5), nn.ReLU(), nn.Linear(5, 10)).train()
+        with torch.no_grad():
+            for conv, bn, (w, g, b) in ((net[0], net[1], pieces[0:3]), (net[4], net[5], pieces[3:6])):
+                conv.weight.copy_(w.view_as(conv.weight)), bn.weight.copy_(g), bn.bias.copy_(b)
+            for linear, w, b in ((net[9], pieces[6], pieces[7]), (net[11], pieces[8], pieces[9])):
+                linear.weight.copy_(w.view(linear.in_features, linear.out_features).t()), linear.bias.copy_(b)
+        expected = F.cross_entropy(net(x[k].view(12, 1, 16, 16)), y[k])
+        assert problems.loss(theta, 1)[k].item() == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="too small"):
+        ConvNetProblems(image_size=4, conv_layers=3)
