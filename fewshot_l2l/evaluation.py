@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .adaptation import run_episodes
-from .data.episodes import EpisodeSampler, FewShotSplit
+from .data.episodes import Episode, EpisodeSampler, FewShotSplit
 from .learner import EVAL_QUERY_BN, ConvLearner
 from .meta_learner import MetaLearner
 from .utils import nonfinite_tensors
@@ -72,6 +73,41 @@ def evaluate(
     if bad:  # NaN logits argmax to class 0: the accuracy would read as chance, silently
         raise ValueError(f"evaluate: the meta-learner holds NaN or infinite values ({', '.join(bad[:3])}); "
                          "it comes from a diverged run and cannot be evaluated")
+
+    def episode_accuracies(episode: Episode, generator: torch.Generator, first: int) -> torch.Tensor:
+        result = run_episodes(
+            meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp,
+            divide_grad=divide_grad,
+        )
+        if not math.isfinite(result.loss.item()):
+            raise ValueError(
+                f"evaluate: the adapted learner's query loss is not finite on episodes {first}-"
+                f"{first - 1 + episode.n_episodes} of split {split.name!r} (seed {seed}): the inner loop "
+                "diverged, so an accuracy would be meaningless"
+            )
+        return result.accuracy
+
+    return seeded_accuracy(episode_accuracies, split, n_way, k_shot, n_query, n_episodes, seed, batch_size, progress)
+
+
+def seeded_accuracy(
+    episode_accuracies: Callable[[Episode, torch.Generator, int], torch.Tensor],
+    split: FewShotSplit,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    n_episodes: int,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> EvalResult:
+    """The one evaluation loop of every method: ``n_episodes`` episodes of ``split`` drawn from ``seed``,
+    ``batch_size`` at a time, so that the same seed and batch size give every method the same episodes.
+
+    ``episode_accuracies(episode, generator, first)`` returns one accuracy per episode of the batch
+    (``first``: the 1-based number of its first episode, for messages); ``generator``, seeded with
+    ``seed``, is for the method's own random draws (e.g. inner mini-batches). Runs under ``torch.no_grad``.
+    """
     sampler = EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     accuracies: list[float] = []
@@ -79,17 +115,7 @@ def evaluate(
     with torch.no_grad():
         while len(accuracies) < n_episodes:
             episode = sampler.sample(min(batch_size, n_episodes - len(accuracies)))
-            result = run_episodes(
-                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp,
-                divide_grad=divide_grad,
-            )
-            if not math.isfinite(result.loss.item()):
-                raise ValueError(
-                    f"evaluate: the adapted learner's query loss is not finite on episodes {len(accuracies) + 1}-"
-                    f"{len(accuracies) + episode.n_episodes} of split {split.name!r} (seed {seed}): the inner loop "
-                    "diverged, so an accuracy would be meaningless"
-                )
-            accuracies.extend(result.accuracy.tolist())
+            accuracies.extend(episode_accuracies(episode, generator, len(accuracies) + 1).tolist())
             bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}", refresh=False)
             bar.update(episode.n_episodes)
     bar.close()

@@ -37,6 +37,7 @@ from typing import Any, Iterable
 
 import torch
 
+from .plots import plot_training_curves
 from .process import LOCK_NAME, FolderLock, note
 from .utils import atomic_torch_save, atomic_write, nonfinite_tensors, remove_stale_temps
 
@@ -249,6 +250,25 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:  # not empty (someone else's file) or gone: leave it and its parents
             return
+
+
+def record_validation(run: "RunFolder", bar: Any, state: dict, val: Any, train_loss: float, train_acc: float,
+                      skipped_updates: int, title: str, chance: float) -> bool:
+    """What every few-shot training loop does with a validation result: the ``metrics.csv`` row (columns
+    update, episodes, train_loss, train_acc, val_acc, val_ci95, elapsed_s, skipped_updates, from ``state``
+    and the interval's figures), ``curves.png`` redrawn, one line under the progress ``bar``, and
+    ``state["best_val_acc"]`` raised when ``val`` (an :class:`fewshot_l2l.evaluation.EvalResult`) beats it.
+    Returns whether it did (the checkpoint is then also ``best.pt``)."""
+    run.log(update=state["update"], episodes=state["episodes"], train_loss=train_loss, train_acc=train_acc,
+            val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"], skipped_updates=skipped_updates)
+    plot_training_curves(run.read_metrics(), run.path / "curves.png", title, chance=chance)
+    skipped_note = f", {skipped_updates} meta-updates skipped (non-finite)" if skipped_updates else ""
+    bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}"
+              f"{skipped_note}")
+    improved = val.accuracy > state["best_val_acc"]
+    if improved:
+        state["best_val_acc"] = val.accuracy
+    return improved
 
 
 class NonFiniteGuard:

@@ -35,9 +35,9 @@ from .data.identity import check_dataset, dataset_identity, resolve_stored_path
 from .evaluation import evaluate
 from .learner import BN_EPS, EVAL_QUERY_BN, QUERY_BN_MODES, ConvLearner, LearnerConfig
 from .meta_learner import AUTHORS_FORGET_BIAS_INIT, FORGET_BIAS_INIT, MetaLearner
-from .plots import plot_training_curves, require_matplotlib
+from .plots import require_matplotlib
 from .process import StopSignals
-from .runs import NonFiniteGuard, RunFolder, Stopwatch
+from .runs import NonFiniteGuard, RunFolder, Stopwatch, record_validation
 from .utils import SEED_MAX, check_int, meta_update, resolve_device
 
 # skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
@@ -322,20 +322,11 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop:
                 divide_grad=config.divide_grad,
             )
             state["elapsed_s"] = clock.elapsed_s
-            train_acc, skipped_updates = mean(interval_acc), guard.take_interval()
-            run.log(update=state["update"], episodes=state["episodes"], train_loss=mean(interval_loss),
-                    train_acc=train_acc, val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"],
-                    skipped_updates=skipped_updates)
-            plot_training_curves(run.read_metrics(), run.path / "curves.png",
-                                 f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})",
-                                 chance=1 / config.n_way)
-            skipped_note = f", {skipped_updates} meta-updates skipped (non-finite)" if skipped_updates else ""
-            bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}"
-                      f"{skipped_note}")
+            improved = record_validation(
+                run, bar, state, val, mean(interval_loss), mean(interval_acc), guard.take_interval(),
+                f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})", chance=1 / config.n_way,
+            )
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
-            improved = val.accuracy > state["best_val_acc"]
-            if improved:
-                state["best_val_acc"] = val.accuracy
             save(improved)
     bar.close()
     return {

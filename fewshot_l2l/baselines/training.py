@@ -20,13 +20,13 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import corrupt, read_checkpoint, refuse_nonfinite
 from ..data import load_splits
-from ..data.episodes import EpisodeSampler, FewShotSplit
+from ..data.episodes import FewShotSplit
 from ..data.identity import check_dataset, dataset_identity
-from ..evaluation import EvalResult, mean_ci95
+from ..evaluation import EvalResult, seeded_accuracy
 from ..learner import EVAL_QUERY_BN, ConvLearner, LearnerConfig
-from ..plots import plot_training_curves, require_matplotlib
+from ..plots import require_matplotlib
 from ..process import StopSignals
-from ..runs import NonFiniteGuard, RunFolder, Stopwatch
+from ..runs import NonFiniteGuard, RunFolder, Stopwatch, record_validation
 from ..training import METRICS_COLUMNS, RESUMABLE_FIELDS, checkpoint_splits, episode_sampler
 from ..utils import meta_update, resolve_device
 from .base import BaselineMethod
@@ -83,22 +83,13 @@ def evaluate_method(method: BaselineMethod, split: FewShotSplit, n_way: int, k_s
                     n_episodes: int = 600, seed: int = 0, batch_size: int = 8, query_bn: str = EVAL_QUERY_BN,
                     inner_steps: int | None = None, progress: bool = True) -> EvalResult:
     """Accuracy over ``n_episodes`` seeded episodes of ``split``, drawn ``batch_size`` at a time exactly as
-    :func:`fewshot_l2l.evaluation.evaluate` draws them (same seed and batch size: the same episodes)."""
+    :func:`fewshot_l2l.evaluation.evaluate` draws them (both through :func:`fewshot_l2l.evaluation.seeded_accuracy`: same seed and batch size, same episodes)."""
     if n_episodes < 1:
         raise ValueError(f"evaluate_method: n_episodes must be >= 1, got {n_episodes}")
-    sampler = EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    accuracies: list[float] = []
-    bar = tqdm(total=n_episodes, desc=f"eval {split.name}", unit="ep", disable=not progress, leave=False)
-    with torch.no_grad():
-        while len(accuracies) < n_episodes:
-            episode = sampler.sample(min(batch_size, n_episodes - len(accuracies)))
-            accuracies.extend(method.episode_accuracies(episode, query_bn, inner_steps, generator).tolist())
-            bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}", refresh=False)
-            bar.update(episode.n_episodes)
-    bar.close()
-    mean, ci95 = mean_ci95(accuracies)
-    return EvalResult(mean, ci95, n_episodes, accuracies)
+    return seeded_accuracy(
+        lambda episode, generator, first: method.episode_accuracies(episode, query_bn, inner_steps, generator),
+        split, n_way, k_shot, n_query, n_episodes, seed, batch_size, progress,
+    )
 
 
 def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
@@ -181,18 +172,11 @@ def _train(config: BaselineConfig, device: torch.device, run: RunFolder, stop: S
                                   n_episodes=config.val_episodes, seed=config.seed + 1, query_bn=config.val_query_bn,
                                   progress=False)
             state["elapsed_s"] = clock.elapsed_s
-            train_acc, skipped = mean(interval_acc), guard.take_interval()
-            run.log(update=state["update"], episodes=state["episodes"], train_loss=mean(interval_loss),
-                    train_acc=train_acc, val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"],
-                    skipped_updates=skipped)
-            plot_training_curves(run.read_metrics(), run.path / "curves.png",
-                                 f"{config.method}, {config.dataset}, {config.n_way}-way {config.k_shot}-shot",
-                                 chance=1 / config.n_way)
-            bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}")
+            improved = record_validation(
+                run, bar, state, val, mean(interval_loss), mean(interval_acc), guard.take_interval(),
+                f"{config.method}, {config.dataset}, {config.n_way}-way {config.k_shot}-shot", chance=1 / config.n_way,
+            )
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
-            improved = val.accuracy > state["best_val_acc"]
-            if improved:
-                state["best_val_acc"] = val.accuracy
             save(improved)
     bar.close()
     return {"method": config.method, "best_val_acc": state["best_val_acc"], "episodes": state["episodes"],

@@ -60,7 +60,7 @@ def one_thread_and_no_drawing():
     by a file of the PNG signature, written atomically where the picture would be."""
     import fewshot_l2l.cli.evaluate_optimizer as evaluate_optimizer_cli
     import fewshot_l2l.cli.plot_gates as plot_gates_cli
-    import fewshot_l2l.training as training
+    import fewshot_l2l.runs as runs
     from fewshot_l2l.utils import atomic_write
 
     def stub(*args, **kwargs):
@@ -70,7 +70,7 @@ def one_thread_and_no_drawing():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "plot_training_curves", stub)
+        patch.setattr(runs, "plot_training_curves", stub)
         patch.setattr(plot_gates_cli, "plot_gate_statistics", stub)
         patch.setattr(evaluate_optimizer_cli, "plot_curves", stub)
         yield

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import fewshot_l2l.data
+import fewshot_l2l.runs as runs
 import fewshot_l2l.training as training
 from fewshot_l2l.data.hdf5 import HDF5Splits
 from fewshot_l2l.optim.evaluation import BaselineResult, Comparison, plot_curves
@@ -52,13 +53,13 @@ def assert_png(path, min_size=(300, 200)):
 
 def test_curves_are_drawn_at_every_validation_from_the_whole_log(tiny_data, tmp_path, monkeypatch):
     drawn = []
-    real = training.plot_training_curves
+    real = runs.plot_training_curves
 
     def spy(rows, path, *args, **kwargs):
         drawn.append([int(row["update"]) for row in rows])
         return real(rows, path, *args, **kwargs)
 
-    monkeypatch.setattr(training, "plot_training_curves", spy)
+    monkeypatch.setattr(runs, "plot_training_curves", spy)
     meta_train(tiny_config(tmp_path / "run"), progress=False)
     curves = tmp_path / "run" / "curves.png"
     assert drawn == [[2], [2, 4]]
