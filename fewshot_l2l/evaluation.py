@@ -54,11 +54,12 @@ def evaluate(
     query_bn: str = "batch",
     progress: bool = True,
     amp: bool = False,
+    batched_learner: str = "auto",
 ) -> EvalResult:
     """Accuracy over ``n_episodes`` episodes of ``split`` drawn from ``seed`` (same seed, same episodes).
 
     Runs without building a meta-gradient graph (only the learner's own
-    gradients are computed), ``batch_size`` episodes at a time; ``amp`` as in
+    gradients are computed), ``batch_size`` episodes at a time; ``amp`` and ``batched_learner`` as in
     :func:`fewshot_l2l.adaptation.adapt`. On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator`
     first (as ``fewshot-evaluate`` does) for speed.
     """
@@ -72,7 +73,8 @@ def evaluate(
         while len(accuracies) < n_episodes:
             episode = sampler.sample(min(batch_size, n_episodes - len(accuracies)))
             result = run_episodes(
-                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp
+                meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp,
+                batched_learner=batched_learner,
             )
             accuracies.extend(result.accuracy.tolist())
             bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}", refresh=False)
