@@ -136,11 +136,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def meta_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float | None) -> None:
+def meta_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    grad_clip: float | None,
+    reduce_gradients: Callable[[], None] | None = None,
+) -> None:
     """One meta-update of ``model`` (a meta-learner or update rule): backward of the meta-loss,
-    global gradient-norm clipping (skipped when ``grad_clip`` is ``None``), optimizer step."""
+    ``reduce_gradients()`` if given (data-parallel training averages the gradients over the ranks
+    there, :func:`fewshot_l2l.distributed.average_gradients`), global gradient-norm clipping
+    (skipped when ``grad_clip`` is ``None``), optimizer step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if reduce_gradients is not None:
+        reduce_gradients()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
