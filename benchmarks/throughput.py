@@ -8,7 +8,8 @@ evaluation every process adapts to its own episodes (``no_grad``), with no commu
 
 With a reference every process alternates, episode by episode: one of our meta-updates (its share
 of the meta-batch), then one reference meta-training episode on the first episode we just drew;
-then the same for evaluation. Both sides see the same machine noise, and each pair gives a ratio
+then the same for evaluation. All processes start each timed call together (a barrier, untimed),
+so that every call runs on a machine that all processes load alike. Both sides see the same machine noise, and each pair gives a ratio
 ``reference s/episode / our s/episode``; the row reports the median over every pair of every
 process. The reference thus runs in the same ``N`` processes of ``T`` threads as ours.
 
@@ -137,10 +138,15 @@ def _rank(rank: int, shape: BenchmarkShape, layout: Layout, settings: Throughput
             ours_s, reference_s = [], []
             context.barrier()
             for call in range(settings.warmup + settings.pairs):
+                # Every timed call starts together on all processes: otherwise our all_reduce would
+                # count the wait for another process's reference episode, and a reference episode
+                # could run while the other processes idle at that all_reduce.
+                context.barrier()
                 seconds, episode = _timed(lambda: ours(train), device)
                 if reference is not None:
                     x = ReferenceRunner.episode_tensor(episode)
                     step = reference.train_episode if train else reference.eval_episode
+                    context.barrier()
                     reference_seconds, _ = _timed(lambda: step(x), device)
                 if call >= settings.warmup:
                     ours_s.append(seconds)
