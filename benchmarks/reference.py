@@ -7,7 +7,7 @@ exactly as its ``main.py`` does. One meta-training episode is the body of its tr
 the batch-norm statistics, ``main.train_learner`` over the support set, ``Learner.transfer_params``,
 the query loss, backward, gradient clipping at 0.25, Adam); one evaluation episode is its
 ``main.meta_test`` on a one-episode loader. Its settings are those of its
-``scripts/train_5s_5c.sh``: ``input_size`` 4, ``hidden_size`` 20, ``lr`` 1e-3, ``bn_eps`` 1e-3,
+5-shot training script ``train_5s_5c.sh``: ``input_size`` 4, ``hidden_size`` 20, ``lr`` 1e-3, ``bn_eps`` 1e-3,
 ``bn_momentum`` 0.95, and an inner batch of the whole support set (its ``batch_size`` 25 for 5-way
 5-shot, 5 for 5-way 1-shot), ``inner_steps`` epochs. Its learner is hard-wired to 3 input
 channels; for 1-channel images the first convolution is replaced by a 1-channel one of the same
