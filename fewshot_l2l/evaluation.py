@@ -57,12 +57,13 @@ def evaluate(
     progress: bool = True,
     amp: bool = False,
     divide_grad: bool = False,
+    batched_learner: str = "auto",
 ) -> EvalResult:
     """Accuracy over ``n_episodes`` episodes of ``split`` drawn from ``seed`` (same seed, same episodes).
 
     Runs without building a meta-gradient graph (only the learner's own
-    gradients are computed), ``batch_size`` episodes at a time; ``amp`` and ``divide_grad`` as in
-    :func:`fewshot_l2l.adaptation.adapt`; ``query_bn`` (default ``"support"``, not transductive) as in
+    gradients are computed), ``batch_size`` episodes at a time; ``amp``, ``divide_grad`` and ``batched_learner``
+    as in :func:`fewshot_l2l.adaptation.adapt`; ``query_bn`` (default ``"support"``, not transductive) as in
     :mod:`fewshot_l2l.learner`. Raises ``ValueError`` for a meta-learner holding NaN or
     infinite values, or episodes whose query loss is not finite. On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator`
     first (as ``fewshot-evaluate`` does) for speed.
@@ -77,7 +78,7 @@ def evaluate(
     def episode_accuracies(episode: Episode, generator: torch.Generator, first: int) -> torch.Tensor:
         result = run_episodes(
             meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp,
-            divide_grad=divide_grad,
+            divide_grad=divide_grad, batched_learner=batched_learner,
         )
         if not math.isfinite(result.loss.item()):
             raise ValueError(

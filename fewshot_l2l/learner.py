@@ -135,16 +135,19 @@ class ConvLearner:
         images: Tensor,
         bn_stats: list[tuple[Tensor, Tensor]] | None = None,
         return_stats: bool = False,
+        channels_last: bool = True,
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Logits for ``images`` ``[N, C, H, W]`` under parameters ``theta`` ``[P]``.
 
         Returns ``(logits, stats)``. With ``return_stats`` the per-block batch
         (mean, biased var) are returned in ``stats`` (else it is empty). Pass
         ``bn_stats`` to normalize with given statistics instead of the batch's own
-        (used for ``query_bn="support"``).
+        (used for ``query_bn="support"``). ``channels_last=False`` keeps the
+        images' own memory layout: ``torch.func.vmap`` refuses the channels-last
+        conversion (torch 2.14), so :meth:`batched_logits` turns it off.
         """
         params = self.unflatten(theta)
-        features, used_stats = self._features(params, images, bn_stats, return_stats)
+        features, used_stats = self._features(params, images, bn_stats, return_stats, channels_last)
         return F.linear(features, params[-2], params[-1]), used_stats
 
     def embed(
@@ -162,9 +165,9 @@ class ConvLearner:
         return support_features, self.embed(theta, query, bn_stats=stats if query_bn == "support" else None)[0]
 
     def _features(self, params: list[Tensor], images: Tensor, bn_stats: list[tuple[Tensor, Tensor]] | None,
-                  return_stats: bool) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                  return_stats: bool, channels_last: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         eps = self.config.bn_eps
-        x = images.contiguous(memory_format=torch.channels_last)
+        x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
         used_stats = []
         for block in range(self.config.n_blocks):
             weight, gamma, beta = params[3 * block : 3 * block + 3]
@@ -181,15 +184,33 @@ class ConvLearner:
             x = F.max_pool2d(F.relu(x), 2)
         return x.flatten(1), used_stats
 
-    def logits(self, theta: Tensor, images: Tensor) -> Tensor:
+    def logits(self, theta: Tensor, images: Tensor, channels_last: bool = True) -> Tensor:
         """Logits with batch statistics (the inner loop's forward)."""
-        return self.forward(theta, images)[0]
+        return self.forward(theta, images, channels_last=channels_last)[0]
 
-    def query_logits(self, theta: Tensor, support: Tensor, query: Tensor, query_bn: str = EVAL_QUERY_BN) -> Tensor:
+    def query_logits(
+        self, theta: Tensor, support: Tensor, query: Tensor, query_bn: str = EVAL_QUERY_BN, channels_last: bool = True
+    ) -> Tensor:
         """Logits of the query set under final parameters ``theta``; see ``query_bn`` in the module docstring."""
         if query_bn == "batch":
-            return self.logits(theta, query)
+            return self.logits(theta, query, channels_last)
         if query_bn == "support":
-            _, stats = self.forward(theta, support, return_stats=True)
-            return self.forward(theta, query, bn_stats=stats)[0]
+            _, stats = self.forward(theta, support, return_stats=True, channels_last=channels_last)
+            return self.forward(theta, query, bn_stats=stats, channels_last=channels_last)[0]
         raise ValueError(f"query_bn must be one of {QUERY_BN_MODES}, got {query_bn!r}")
+
+    # Batched over episodes: theta [B, P], images [B, N, C, H, W]. torch.func.vmap turns each
+    # convolution into one grouped convolution over the B episodes (and batch norm, pooling and the
+    # head into one kernel each), instead of B small kernels per layer: what a GPU wants.
+
+    def batched_logits(self, theta: Tensor, images: Tensor) -> Tensor:
+        """:meth:`logits` of every episode at once: ``[B, P]``, ``[B, N, C, H, W]`` -> ``[B, N, n_way]``."""
+        return torch.func.vmap(lambda t, x: self.logits(t, x, channels_last=False))(theta, images)
+
+    def batched_query_logits(self, theta: Tensor, support: Tensor, query: Tensor, query_bn: str = EVAL_QUERY_BN) -> Tensor:
+        """:meth:`query_logits` of every episode at once -> ``[B, n_query_images, n_way]``."""
+        if query_bn not in QUERY_BN_MODES:
+            raise ValueError(f"query_bn must be one of {QUERY_BN_MODES}, got {query_bn!r}")
+        return torch.func.vmap(lambda t, s, q: self.query_logits(t, s, q, query_bn, channels_last=False))(
+            theta, support, query
+        )

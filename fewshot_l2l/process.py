@@ -147,10 +147,15 @@ class StopSignals:
         os.write(2, f"\n{signal_name(signum)}: finishing the current update, then saving last.pt "
                     f"(send it again to stop at once)\n".encode())
 
-    def interrupted(self, last: Path, where: str) -> RunInterrupted:
-        """The exception to raise once ``last`` (``last.pt``) is saved at ``where`` (e.g. ``"update 57"``); prints it."""
-        assert self.requested is not None
-        message = (f"stopped by {signal_name(self.requested)} after {where}: saved {last}; to continue, run the same "
+    def interrupted(self, last: Path, where: str, signum: int | None = None) -> RunInterrupted:
+        """The exception to raise once ``last`` (``last.pt``) is saved at ``where`` (e.g. ``"update 57"``); prints it.
+
+        ``signum``: the signal that stopped the run when it is not this process's own (distributed
+        training stops every rank when one of them received one)."""
+        signum = self.requested if signum is None else signum
+        assert signum is not None
+        by = signal_name(signum) if signum == self.requested else f"{signal_name(signum)} (sent to another rank)"
+        message = (f"stopped by {by} after {where}: saved {last}; to continue, run the same "
                    f"command with --resume (same --out {last.parent})")
         print(message, file=sys.stderr, flush=True)
-        return RunInterrupted(self.requested, message)
+        return RunInterrupted(signum, message)

@@ -15,19 +15,26 @@ resuming or evaluating on another build of the dataset is refused.
 Validation normalizes the query set as evaluation does by default (``val_query_bn="support"``, not
 transductive), whatever ``query_bn`` meta-training uses, so that ``best.pt`` is chosen under the protocol
 it is reported under; checkpoints from before that field validated with ``query_bn`` and resume so.
+
+Under ``torchrun`` the loop is data-parallel (:mod:`fewshot_l2l.distributed`): each rank draws its
+share of the meta-batch from its own sampler stream, the meta-gradients are averaged over the
+ranks before clipping and Adam, every rank takes the same stop / skip / out-of-time decisions,
+and rank 0 alone holds the lock, validates and writes ``RUN_DIR``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .adaptation import default_inner_steps, run_episodes
+from . import distributed
+from .adaptation import BATCHED_LEARNER_MODES, default_inner_steps, run_episodes
 from .checkpoints import corrupt, read_checkpoint, refuse_nonfinite
 from .data import ROTATE_CHOICES, load_splits
 from .data.episodes import EpisodeSampler, FewShotSplit
@@ -46,7 +53,8 @@ METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "
 
 # Settings that may differ when a run is resumed: budgets, intervals, where it runs and how fast.
 RESUMABLE_FIELDS = {"episodes", "max_minutes", "val_every", "val_episodes", "device", "data", "out", "resume",
-                    "compile", "amp", "max_nonfinite"}
+                    "compile", "amp", "max_nonfinite",
+                    "batched_learner"}
 
 
 @dataclass
@@ -77,6 +85,7 @@ class TrainConfig:
     bn_eps: float = BN_EPS  # ours, PyTorch's 1e-5 (the authors: 1e-3)
     compile: bool = False  # torch.compile the meta-learner step (measure first: scripts/benchmark.py --compile)
     amp: bool = False  # bfloat16 autocast for the learner's forward passes (meant for CUDA)
+    batched_learner: str = "auto"  # the learner vmapped over the meta-batch: auto (on CUDA), on, off
     val_every: int = 400  # episodes between validations
     val_episodes: int = 200
     device: str = "auto"
@@ -114,6 +123,8 @@ class TrainConfig:
         for name in ("lr", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"TrainConfig: {name} must be a positive finite number, got {getattr(self, name)}")
+        if self.batched_learner not in BATCHED_LEARNER_MODES:
+            raise ValueError(f"TrainConfig: batched_learner must be one of {BATCHED_LEARNER_MODES}, got {self.batched_learner!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -229,17 +240,29 @@ def meta_train(config: TrainConfig, progress: bool = True, train_episodes=None) 
     :class:`fewshot_l2l.process.RunInterrupted` (a ``SystemExit`` with status
     ``128 + signal``) once a SIGTERM / SIGINT made it save ``last.pt``.
     On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator` first (as ``fewshot-train`` does) for speed.
+    In a process group (:func:`fewshot_l2l.distributed.init_process_group`) it trains data-parallel
+    and every rank returns rank 0's summary.
     """
     require_matplotlib()  # curves.png is drawn at every validation: fail now rather than after the first interval
-    device = resolve_device(config.device)
+    ctx = distributed.current()  # distributed.SINGLE without a process group
+    share = distributed.local_share(config.meta_batch, ctx)
+    if train_episodes is not None and ctx.world_size > 1:
+        raise ValueError(
+            "meta_train: train_episodes (an episode source of your own) cannot be split over the "
+            f"{ctx.world_size} ranks of this process group (each rank would draw the same episodes); run it in one process"
+        )
+    device = distributed.rank_device(config.device, ctx.local_rank, ctx.enabled)
     if config.data is not None:  # stored absolute, so that evaluation from another folder finds the file
         config = replace(config, data=os.path.abspath(config.data))
-    with RunFolder(config.out, METRICS_COLUMNS, config.resume) as run, StopSignals() as stop:
-        return _meta_train(config, device, run, stop, progress, train_episodes)
+    with ExitStack() as stack:
+        # Rank 0 alone holds the run folder (and its lock); a failure there (a locked folder) is raised on every rank.
+        run = distributed.on_main(lambda: stack.enter_context(RunFolder(config.out, METRICS_COLUMNS, config.resume)), ctx)
+        stop = stack.enter_context(StopSignals())
+        return _meta_train(config, device, run, stop, progress, train_episodes, ctx, share)
 
 
-def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop: StopSignals, progress: bool,
-                train_episodes=None) -> dict:
+def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None, stop: StopSignals, progress: bool,
+                train_episodes, ctx: distributed.DistContext, share: int) -> dict:
     splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
     train_split, val_split = splits["train"].to(device), splits["val"].to(device)
     dataset = dataset_identity(config.dataset, config.data, splits)
@@ -248,92 +271,125 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder, stop:
     if config.compile:
         meta_learner.compile_step()
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=config.lr)
-    sampler = episode_sampler(train_split, config, config.seed) if train_episodes is None else train_episodes
+    if train_episodes is None:  # rank 0's stream is the single process's: the union over ranks replays in one process
+        sampler = episode_sampler(train_split, config, distributed.rank_seed(config.seed, ctx.rank))
+    else:
+        sampler = train_episodes
     episode_sampler(val_split, config, config.seed + 1)  # validation's episodes too: checked before the first update
-    inner_generator = torch.Generator().manual_seed(config.seed)
+    inner_generator = torch.Generator().manual_seed(config.seed)  # the same on every rank, as in one process
     state = {"update": 0, "episodes": 0, "best_val_acc": -1.0, "elapsed_s": 0.0}
     interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
     nonfinite_state = None
+    sampler_states: dict = {}  # {rank: sampler state} of every stream, saved with each checkpoint
 
-    if run.resuming:
-        _, _, saved_config, checkpoint = load_checkpoint(run.last, device)
-        state = checkpoint["progress"]["state"]
+    def open_run() -> dict | None:  # rank 0: the checkpoint to resume from (None for a new run)
+        if not run.resuming:
+            run.start(checkpoint_state(meta_learner, optimizer, learner, config, {"state": dict(state)}, dataset))
+            return None
+        _, _, saved_config, checkpoint = load_checkpoint(run.last, "cpu")  # CPU: rank 0 sends it to the others
         check_dataset(checkpoint.get("dataset"), dataset, f"--resume {run.last}")
-        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, state["update"], checkpoint.get("run"))
+        run.resume(asdict(saved_config), asdict(config), RESUMABLE_FIELDS, checkpoint["progress"]["state"]["update"],
+                   checkpoint.get("run"))
+        return checkpoint
+
+    checkpoint = ctx.broadcast_object(distributed.on_main(open_run, ctx))
+    if checkpoint is not None:
+        state = checkpoint["progress"]["state"]
         meta_learner.load_state_dict(checkpoint["meta_learner"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        sampler.generator.set_state(checkpoint["progress"]["sampler_rng"])
+        sampler_states = distributed.saved_sampler_states(checkpoint["progress"])
+        if ctx.rank in sampler_states:  # else a stream this run adds (more ranks than before): it starts from its seed
+            sampler.generator.set_state(sampler_states[ctx.rank])
         inner_generator.set_state(checkpoint["progress"]["inner_rng"])
         # A signal saves mid-interval: the interval's sums continue, so the resumed log equals an uninterrupted one.
         interval_loss, interval_acc, interval_count = checkpoint["progress"].get("interval", (0.0, 0.0, 0))
         nonfinite_state = checkpoint["progress"].get("nonfinite")
-    else:
-        run.start(checkpoint_state(meta_learner, optimizer, learner, config, {"state": dict(state)}, dataset))
     guard = NonFiniteGuard(config.max_nonfinite, nonfinite_state)
-    hint = f"Lower --lr ({config.lr}) or --grad-clip ({config.grad_clip}); {run.last}, if any, is the last checkpoint."
+    last = Path(config.out) / "last.pt"
+    hint = f"Lower --lr ({config.lr}) or --grad-clip ({config.grad_clip}); {last}, if any, is the last checkpoint."
     mean = lambda total: total / interval_count if interval_count else math.nan  # noqa: E731  (all skipped: NaN)
 
-    def save(improved: bool) -> None:
-        progress_state = {
-            "state": dict(state),
-            "sampler_rng": sampler.generator.get_state(),
-            "inner_rng": inner_generator.get_state(),
-            "interval": (interval_loss, interval_acc, interval_count),
-            "nonfinite": guard.state(),
-        }
-        run.save(checkpoint_state(meta_learner, optimizer, learner, config, progress_state, dataset), improved, state["update"])
+    def save(improved: bool) -> None:  # on every rank: it gathers the ranks' sampler states, then rank 0 writes
+        nonlocal sampler_states
+        sampler_states = distributed.gather_sampler_states(sampler.generator, ctx, sampler_states)
+        if ctx.is_main:
+            progress_state = {
+                "state": dict(state),
+                "sampler_rng": sampler.generator.get_state(),
+                "sampler_rngs": sampler_states,
+                "inner_rng": inner_generator.get_state(),
+                "interval": (interval_loss, interval_acc, interval_count),
+                "nonfinite": guard.state(),
+            }
+            run.save(checkpoint_state(meta_learner, optimizer, learner, config, progress_state, dataset), improved,
+                     state["update"])
+        ctx.barrier()
 
     n_updates = math.ceil(config.episodes / config.meta_batch)
     val_every_updates = max(1, round(config.val_every / config.meta_batch))
     clock = Stopwatch(state["elapsed_s"], config.max_minutes)
-    bar = tqdm(total=n_updates, initial=state["update"], desc="meta-train", unit="update", disable=not progress)
+    bar = tqdm(total=n_updates, initial=state["update"], desc="meta-train", unit="update",
+               disable=not progress or not ctx.is_main)
     out_of_time = False
     while state["update"] < n_updates and not out_of_time:
-        if stop.requested:  # SIGTERM / SIGINT: save the exact state after the last update, and exit
+        # SIGTERM / SIGINT (on any rank: every rank stops at this update): save the exact state and exit.
+        signum = distributed.max_over_ranks(stop.requested or 0, ctx)
+        if signum:
             state["elapsed_s"] = clock.elapsed_s
             save(improved=False)
             bar.close()
-            raise stop.interrupted(run.last, f"update {state['update']}")
-        episode = sampler.sample(config.meta_batch)
+            raise stop.interrupted(last, f"update {state['update']}", signum)
+        episode = sampler.sample(share)
         result = run_episodes(
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
             config.query_bn, config.second_order, inner_generator, amp=config.amp, divide_grad=config.divide_grad,
+            batched_learner=config.batched_learner,
         )
-        stepped = meta_update(meta_learner, optimizer, result.loss, config.grad_clip)
+        # Every rank gets the same averaged gradient, so the same skip decision.
+        stepped = meta_update(meta_learner, optimizer, result.loss, config.grad_clip,
+                              reduce_gradients=lambda: distributed.average_gradients(meta_learner.parameters(), ctx))
         guard.record(stepped, f"update {state['update'] + 1}", hint)
+        loss, accuracy = distributed.mean_over_ranks((result.loss.item(), result.accuracy.mean().item()), ctx)
 
         state["update"] += 1
-        state["episodes"] += episode.n_episodes
+        state["episodes"] += episode.n_episodes * ctx.world_size
         if stepped:
-            interval_loss += result.loss.item()
-            interval_acc += result.accuracy.mean().item()
+            interval_loss += loss
+            interval_acc += accuracy
             interval_count += 1
         # One redraw per update: the postfix is set without refreshing, then update() draws.
         skipped = {"skipped": guard.skipped} if guard.skipped else {}
         bar.set_postfix(loss=f"{mean(interval_loss):.3f}", acc=f"{mean(interval_acc):.3f}", **skipped, refresh=False)
         bar.update(1)
 
-        out_of_time = clock.out_of_time()
+        out_of_time = distributed.any_rank(clock.out_of_time(), ctx)  # every rank stops at the same update
         if state["update"] % val_every_updates == 0 or state["update"] == n_updates or out_of_time:
-            val = evaluate(
-                meta_learner, learner, val_split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
-                n_episodes=config.val_episodes, seed=config.seed + 1, batch_size=config.meta_batch,
-                inner_batch_size=config.inner_batch_size, query_bn=config.val_query_bn, progress=False, amp=config.amp,
-                divide_grad=config.divide_grad,
-            )
-            state["elapsed_s"] = clock.elapsed_s
-            improved = record_validation(
-                run, bar, state, val, mean(interval_loss), mean(interval_acc), guard.take_interval(),
-                f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})", chance=1 / config.n_way,
-            )
+            distributed.check_in_sync(meta_learner, ctx)
+            improved = False
+            if ctx.is_main:  # the other ranks wait in save()
+                val = evaluate(
+                    meta_learner, learner, val_split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
+                    n_episodes=config.val_episodes, seed=config.seed + 1, batch_size=config.meta_batch,
+                    inner_batch_size=config.inner_batch_size, query_bn=config.val_query_bn, progress=False,
+                    amp=config.amp, divide_grad=config.divide_grad, batched_learner=config.batched_learner,
+                )
+                state["elapsed_s"] = clock.elapsed_s
+                improved = record_validation(
+                    run, bar, state, val, mean(interval_loss), mean(interval_acc), guard.take_interval(),
+                    f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})",
+                    chance=1 / config.n_way,
+                )
+            else:
+                guard.take_interval()  # keeps its interval count as rank 0's
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
             save(improved)
     bar.close()
+    state = ctx.broadcast_object(state)  # rank 0 alone validated: its best accuracy and time
     return {
         "best_val_acc": state["best_val_acc"],
         "episodes": state["episodes"],
         "updates": state["update"],
         "elapsed_s": state["elapsed_s"],
-        "best": str(run.best),
-        "last": str(run.last),
+        "best": str(Path(config.out) / "best.pt"),
+        "last": str(last),
     }

@@ -223,19 +223,37 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-def meta_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float | None) -> bool:
+def meta_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    grad_clip: float | None,
+    reduce_gradients: Callable[[], None] | None = None,
+) -> bool:
     """One meta-update of ``model`` (a meta-learner or update rule): backward of the meta-loss,
-    global gradient-norm clipping (none when ``grad_clip`` is ``None``), optimizer step.
+    ``reduce_gradients()`` if given (data-parallel training averages the gradients over the ranks
+    there, :func:`fewshot_l2l.distributed.average_gradients`), global gradient-norm clipping (none
+    when ``grad_clip`` is ``None``), optimizer step.
 
     The one non-finite guard of both training loops: a NaN or infinite meta-loss,
     or meta-gradient norm, skips the step, so ``model`` and the optimizer's state
     (Adam's moments and step count) stay exactly as they were; the gradients are
-    cleared. Returns whether it stepped.
+    cleared. Returns whether it stepped. With ``reduce_gradients`` every rank takes
+    part in the reduction even when its own loss is not finite (it sends NaN
+    gradients), so the averaged norm is NaN on every rank and all of them skip
+    the same update: no rank waits at a collective the others left out.
     """
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(loss).all()):
+    finite_loss = bool(torch.isfinite(loss).all())
+    if finite_loss:
+        loss.backward()
+    elif reduce_gradients is None:
         return False
-    loss.backward()
+    if reduce_gradients is not None:
+        if not finite_loss:
+            for param in model.parameters():
+                param.grad = torch.full_like(param, math.nan)
+        reduce_gradients()
     # With max_norm=inf the clip multiplies by exactly 1.0: the same gradients, and their norm for the check.
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf if grad_clip is None else grad_clip)
     if not math.isfinite(norm.item()):

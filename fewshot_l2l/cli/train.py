@@ -1,12 +1,18 @@
 """Meta-train the Meta-LSTM on N-way K-shot episodes (thin wrapper over fewshot_l2l.training); with --method, a
-baseline on the same episodes instead (fewshot_l2l.cli.baseline: `--method maml --help` lists its options)."""
+baseline on the same episodes instead (fewshot_l2l.cli.baseline: `--method maml --help` lists its options).
+
+Data-parallel on several processes or machines: torchrun --nproc_per_node=N scripts/train.py ...
+(docs/distributed.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 
+from .. import distributed
+from ..adaptation import BATCHED_LEARNER_MODES
 from ..baselines import BASELINES, METHODS
 from ..data import DATASETS, ROTATE_CHOICES
 from ..learner import QUERY_BN_MODES
@@ -32,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--inner-steps", type=positive_int, default=None, help="default: 12 for 1-shot, 8 for 5-shot")
     parser.add_argument("--inner-batch-size", type=positive_int, default=None,
                         help="support images per inner step (default: all)")
-    parser.add_argument("--meta-batch", type=positive_int, default=defaults.meta_batch, help="episodes per meta-update")
+    parser.add_argument("--meta-batch", type=positive_int, default=defaults.meta_batch,
+                        help="episodes per meta-update (under torchrun: over all ranks, a multiple of the world size)")
     parser.add_argument("--episodes", type=positive_int, default=defaults.episodes,
                         help="meta-training episodes in total (rounded up to whole meta-batches, with a warning)")
     parser.add_argument("--max-minutes", type=positive_float, default=None,
@@ -45,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the meta-learner step (README 'Speed': measured, off by default)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the learner (for CUDA)")
+    parser.add_argument("--batched-learner", default=defaults.batched_learner, choices=BATCHED_LEARNER_MODES,
+                        help="run the learner vmapped over the meta-batch (auto: on CUDA; slower on CPU)")
     parser.add_argument("--query-bn", default=defaults.query_bn, choices=QUERY_BN_MODES,
                         help="batch-norm statistics for the query set in meta-training (batch: transductive, as the authors)")
     parser.add_argument("--val-query-bn", default=defaults.val_query_bn, choices=QUERY_BN_MODES,
@@ -55,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--val-every", type=positive_int, default=defaults.val_every,
                         help="episodes between validations (rounded to whole meta-batches, with a warning)")
     parser.add_argument("--val-episodes", type=positive_int, default=defaults.val_episodes)
-    parser.add_argument("--device", default=defaults.device, type=device_arg, help=DEVICE_HELP)
+    parser.add_argument("--device", default=defaults.device, type=device_arg,
+                        help=DEVICE_HELP + " (under torchrun auto and cuda mean cuda:LOCAL_RANK)")
     parser.add_argument("--seed", type=seed_int, default=defaults.seed)
     parser.add_argument("--out", default=defaults.out, help="RUN_DIR for checkpoints and metrics.csv")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
@@ -95,14 +105,23 @@ def warn_rounding(config: TrainConfig) -> None:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    if method_of(argv) in BASELINES:
+    method = method_of(argv)
+    if method in BASELINES:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(f"--method {method}: the baselines train in one process; data-parallel training under "
+                             "torchrun is for the Meta-LSTM (docs/distributed.md)")
         return train_baseline_main(argv)
     config = parse_args(argv)
     warn_rounding(config)
     tune_cpu_allocator()
     seed_everything(config.seed)  # nothing in meta_train draws from the global generators; any future use is seeded
-    summary = meta_train(config)
-    print(json.dumps(summary))
+    context = distributed.init_process_group(config.device)  # SINGLE (nothing) without torchrun's WORLD_SIZE
+    try:
+        summary = meta_train(config)
+    finally:
+        distributed.destroy_process_group()
+    if context.is_main:
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

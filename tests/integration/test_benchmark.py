@@ -1,14 +1,21 @@
-"""The benchmark's naive reference computes what the fast path computes; its rows carry the promised keys."""
+"""The benchmark's naive yardstick computes what the fast path computes; its rows carry the promised keys;
+the throughput mode runs the reference's own code side by side."""
 
 import math
+import os
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.cli import parse_args
 from benchmarks.flops import learner_flops_per_episode
 from benchmarks.naive import naive_loss
+from benchmarks.reference import REFERENCE_MODULES, ReferenceRunner, import_reference
 from benchmarks.speed import SHAPES, BenchmarkSettings, benchmark_configuration, markdown_table, synthetic_split
+from benchmarks.throughput import Layout, ThroughputSettings, measure_throughput, throughput_table
 from fewshot_l2l.adaptation import run_episodes
 from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
@@ -70,3 +77,67 @@ def test_benchmark_row_has_the_issue_keys():
     assert row["flop_fraction"] < row["flop_fraction_with_meta_learner"]
     table = markdown_table([row])
     assert table.count("\n") == 2 and "| tiny | 2 |" in table
+
+
+# ----------------------------------------------------------------------------------------------
+# Throughput mode and the reference (a local copy of the public PyTorch port, never part of the repository)
+# ----------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_CANDIDATES = [Path(p) for p in filter(None, [os.environ.get("FEWSHOT_L2L_REFERENCE")])] + [
+    REPO.parent / "reference", REPO.parent.parent / "reference"]
+
+
+@pytest.fixture(scope="module")
+def reference_dir():
+    """The reference's folder ($FEWSHOT_L2L_REFERENCE, or ../reference); the test is skipped without one."""
+    for path in REFERENCE_CANDIDATES:
+        if (path / "main.py").is_file():
+            return path
+    pytest.skip(f"no copy of the reference at {', '.join(map(str, REFERENCE_CANDIDATES))} (set FEWSHOT_L2L_REFERENCE)")
+
+
+def test_layouts_parse_and_reject_nonsense():
+    assert Layout.parse("2x1") == Layout(2, 1) and str(Layout(1, 2)) == "1x2"
+    for bad in ("2", "0x1", "ax2"):
+        with pytest.raises(ValueError, match=f"layout {bad!r}"):
+            Layout.parse(bad)
+
+
+def test_benchmark_command_line_checks_the_throughput_flags():
+    assert parse_args(["--throughput"]).meta_batches == [2] and parse_args([]).meta_batches == [1, 16]
+    with pytest.raises(SystemExit):
+        parse_args(["--reference", "somewhere"])  # needs --throughput
+    with pytest.raises(SystemExit):
+        parse_args(["--throughput", "--layouts", "2x1", "--meta-batches", "3"])
+
+
+def test_reference_runs_one_episode_of_its_own_code(reference_dir):
+    before = {name: sys.modules.get(name) for name in REFERENCE_MODULES}
+    code = import_reference(reference_dir)
+    assert {name: sys.modules.get(name) for name in REFERENCE_MODULES} == before  # imported, then unlisted again
+    assert Path(code.main.__file__).parent == reference_dir.resolve()
+    runner = ReferenceRunner(code, 1, 16, 3, 2, 2, inner_steps=2)
+    episode = EpisodeSampler(synthetic_split(TINY, "cpu", n_classes=6), 3, 2, 2, seed=1).sample(2)
+    x = ReferenceRunner.episode_tensor(episode, 1)
+    assert x.shape == (3, 4, 1, 16, 16)
+    assert torch.equal(x[1, :2], episode.support_x[1, 2:4]) and torch.equal(x[2, 2:], episode.query_x[1, 4:6])
+    initial = runner.meta_learner.metalstm.cI.detach().clone()
+    assert math.isfinite(runner.train_episode(x))
+    assert not torch.equal(initial, runner.meta_learner.metalstm.cI)  # Adam stepped its learner initialization
+    runner.eval_episode(x)
+    with pytest.raises(FileNotFoundError, match="main.py, learner.py, metalearner.py not found"):
+        import_reference(REPO / "docs")
+
+
+def test_throughput_row_with_the_reference_side_by_side(reference_dir):
+    settings = ThroughputSettings(meta_batch=2, pairs=2, reference=str(reference_dir))
+    row = measure_throughput(TINY, Layout(1, 1), settings, matmul_flops_per_s=1e11)
+    assert row["layout"] == "1x1" and row["episodes_per_process_per_update"] == 2
+    for key in ("train_episodes_per_s", "eval_episodes_per_s", "reference_train_episodes_per_s",
+                "reference_eval_episodes_per_s", "train_ratio_median", "eval_ratio_median", "train_fraction_of_floor"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["train_ratio_min"] <= row["train_ratio_median"] <= row["train_ratio_max"]
+    assert row["train_gflop_per_episode"] > row["eval_gflop_per_episode"]
+    table = throughput_table([row])
+    assert table.count("\n") == 2 and "| tiny | 1x1 | 2 |" in table
