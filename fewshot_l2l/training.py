@@ -312,7 +312,8 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
     def save(improved: bool) -> None:  # on every rank: it gathers the ranks' sampler states, then rank 0 writes
         nonlocal sampler_states
         sampler_states = distributed.gather_sampler_states(sampler.generator, ctx, sampler_states)
-        if ctx.is_main:
+
+        def write() -> None:
             progress_state = {
                 "state": dict(state),
                 "sampler_rng": sampler.generator.get_state(),
@@ -323,7 +324,8 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
             }
             run.save(checkpoint_state(meta_learner, optimizer, learner, config, progress_state, dataset), improved,
                      state["update"])
-        ctx.barrier()
+
+        distributed.on_main(write, ctx)  # the others wait for it, and hear of a failure (a full disk)
 
     n_updates = math.ceil(config.episodes / config.meta_batch)
     val_every_updates = max(1, round(config.val_every / config.meta_batch))
@@ -365,8 +367,8 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
         out_of_time = distributed.any_rank(clock.out_of_time(), ctx)  # every rank stops at the same update
         if state["update"] % val_every_updates == 0 or state["update"] == n_updates or out_of_time:
             distributed.check_in_sync(meta_learner, ctx)
-            improved = False
-            if ctx.is_main:  # the other ranks wait in save()
+
+            def validate() -> bool:  # rank 0; the others wait in on_main, and hear of a failure
                 val = evaluate(
                     meta_learner, learner, val_split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
                     n_episodes=config.val_episodes, seed=config.seed + 1, batch_size=config.meta_batch,
@@ -374,12 +376,14 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
                     amp=config.amp, divide_grad=config.divide_grad, batched_learner=config.batched_learner,
                 )
                 state["elapsed_s"] = clock.elapsed_s
-                improved = record_validation(
+                return record_validation(
                     run, bar, state, val, mean(interval_loss), mean(interval_acc), guard.take_interval(),
                     f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})",
                     chance=1 / config.n_way,
                 )
-            else:
+
+            improved = bool(distributed.on_main(validate, ctx))
+            if not ctx.is_main:
                 guard.take_interval()  # keeps its interval count as rank 0's
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
             save(improved)

@@ -53,26 +53,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _fault(action: dict | None, rank: int):
-    """``training.run_episodes`` with the fault ``action`` injected on one rank: ``{"rank": r, "at": n, "fault":
-    "sigterm"}`` sends rank r a SIGTERM during its n-th meta-update (from 1), ``"nan"`` makes that update's
-    meta-loss NaN there; the other ranks run normally."""
-    real = training.run_episodes
+def _fault(action: dict | None, rank: int) -> dict:
+    """The functions of ``training`` to replace for the fault ``action`` on one rank: ``{"rank": r, "at": n,
+    "fault": F}`` sends rank r a SIGTERM during its n-th meta-update (from 1) for ``F == "sigterm"``, makes that
+    update's meta-loss NaN there for ``"nan"``, and fails its n-th validation for ``"validation"``."""
     if action is None or action["rank"] != rank:
-        return real
-    calls = [0]
+        return {}
+    name = "evaluate" if action["fault"] == "validation" else "run_episodes"
+    real, calls = getattr(training, name), [0]
 
-    def run_episodes(*args, **kwargs):
+    def faulty(*args, **kwargs):
         calls[0] += 1
+        if calls[0] == action["at"] and action["fault"] == "validation":
+            raise ValueError("injected validation failure")
         result = real(*args, **kwargs)
-        if calls[0] == action["at"]:
-            if action["fault"] == "sigterm":
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                result = EpisodeResult(result.loss * math.nan, result.accuracy)
+        if calls[0] == action["at"] and action["fault"] == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif calls[0] == action["at"] and action["fault"] == "nan":
+            result = EpisodeResult(result.loss * math.nan, result.accuracy)
         return result
 
-    return run_episodes
+    return {name: faulty}
 
 
 def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]], splits, report: Path) -> None:
@@ -82,11 +83,12 @@ def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]],
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     training.load_splits = lambda *args, **kwargs: splits
-    real = training.run_episodes
+    real = {name: getattr(training, name) for name in ("run_episodes", "evaluate")}
     context = distributed.init_process_group("cpu")
     try:
         for index, (config, action) in enumerate(phases):
-            training.run_episodes = _fault(action, rank)
+            for name, function in _fault(action, rank).items():
+                setattr(training, name, function)
             try:
                 meta_train(config, progress=False)
                 outcome = "ok"
@@ -95,7 +97,8 @@ def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]],
             except Exception as error:  # noqa: BLE001  (the test reads it)
                 outcome = f"{type(error).__name__}: {error}"
             finally:
-                training.run_episodes = real
+                for name, function in real.items():
+                    setattr(training, name, function)
             (report / f"phase{index}.rank{rank}.txt").write_text(outcome)
         # A rank whose weights drifted is caught on every rank.
         meta_learner, _ = build_models(phases[0][0], splits["train"].image_shape)
@@ -163,6 +166,8 @@ PHASES = {
     "nan": dict(fault={"rank": 1, "at": 2, "fault": "nan"}),
     # The folder is locked by the parent: rank 0 cannot take it, and rank 1 hears of it.
     "locked": dict(),
+    # Rank 0's first validation fails: rank 1 hears of it instead of waiting for it.
+    "validation": dict(fault={"rank": 0, "at": 1, "fault": "validation"}),
 }
 
 
@@ -253,6 +258,12 @@ def test_a_locked_run_folder_stops_every_rank_with_the_reason(runs):
     rank0, rank1 = outcomes(root, "locked")
     assert rank0.startswith("RunLockedError: ") and "in use by another run folder" in rank0
     assert rank1 == f"RuntimeError: rank 0 stopped the run: {rank0}"
+
+
+def test_a_failed_validation_on_rank_0_stops_every_rank_with_the_reason(runs):
+    root, _ = runs
+    assert outcomes(root, "validation") == ["ValueError: injected validation failure",
+                                            "RuntimeError: rank 0 stopped the run: ValueError: injected validation failure"]
 
 
 def test_a_two_rank_run_resumes_as_if_uninterrupted(runs):
