@@ -348,8 +348,8 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
             batched_learner=config.batched_learner,
         )
         # Every rank gets the same averaged gradient, so the same skip decision.
-        stepped = meta_update(meta_learner, optimizer, result.loss, config.grad_clip,
-                              reduce_gradients=lambda: distributed.average_gradients(meta_learner.parameters(), ctx))
+        reduce = (lambda: distributed.average_gradients(meta_learner.parameters(), ctx)) if ctx.enabled else None
+        stepped = meta_update(meta_learner, optimizer, result.loss, config.grad_clip, reduce_gradients=reduce)
         guard.record(stepped, f"update {state['update'] + 1}", hint)
         loss, accuracy = distributed.mean_over_ranks((result.loss.item(), result.accuracy.mean().item()), ctx)
 

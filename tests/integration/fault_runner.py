@@ -45,11 +45,11 @@ updates = [0]
 original_update = loop.meta_update
 
 
-def meta_update(model, optimizer, loss, grad_clip):
+def meta_update(model, optimizer, loss, grad_clip, **kwargs):
     updates[0] += 1
     if fault.get("nonfinite_from_update", 10**9) <= updates[0] <= fault.get("nonfinite_until_update", 10**9):
         loss = loss * float("nan")
-    stepped = original_update(model, optimizer, loss, grad_clip)
+    stepped = original_update(model, optimizer, loss, grad_clip, **kwargs)
     if updates[0] == fault.get("after_update"):
         for _ in range(fault.get("times", 1)):
             os.kill(os.getpid(), fault["signal"])
