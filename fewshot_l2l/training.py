@@ -332,6 +332,8 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
     clock = Stopwatch(state["elapsed_s"], config.max_minutes)
     bar = tqdm(total=n_updates, initial=state["update"], desc="meta-train", unit="update",
                disable=not progress or not ctx.is_main)
+    # Under a process group the meta-gradients are averaged over the ranks; one process takes meta_update's plain path.
+    reduce = (lambda: distributed.average_gradients(meta_learner.parameters(), ctx)) if ctx.enabled else None
     out_of_time = False
     while state["update"] < n_updates and not out_of_time:
         # SIGTERM / SIGINT (on any rank: every rank stops at this update): save the exact state and exit.
@@ -348,7 +350,6 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
             batched_learner=config.batched_learner,
         )
         # Every rank gets the same averaged gradient, so the same skip decision.
-        reduce = (lambda: distributed.average_gradients(meta_learner.parameters(), ctx)) if ctx.enabled else None
         stepped = meta_update(meta_learner, optimizer, result.loss, config.grad_clip, reduce_gradients=reduce)
         guard.record(stepped, f"update {state['update'] + 1}", hint)
         loss, accuracy = distributed.mean_over_ranks((result.loss.item(), result.accuracy.mean().item()), ctx)
@@ -367,6 +368,7 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
         out_of_time = distributed.any_rank(clock.out_of_time(), ctx)  # every rank stops at the same update
         if state["update"] % val_every_updates == 0 or state["update"] == n_updates or out_of_time:
             distributed.check_in_sync(meta_learner, ctx)
+            skipped_in_interval = guard.take_interval()  # on every rank, so that each guard's state stays rank 0's
 
             def validate() -> bool:  # rank 0; the others wait in on_main, and hear of a failure
                 val = evaluate(
@@ -377,14 +379,12 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
                 )
                 state["elapsed_s"] = clock.elapsed_s
                 return record_validation(
-                    run, bar, state, val, mean(interval_loss), mean(interval_acc), guard.take_interval(),
+                    run, bar, state, val, mean(interval_loss), mean(interval_acc), skipped_in_interval,
                     f"{config.dataset}, {config.n_way}-way {config.k_shot}-shot ({run.path.name})",
                     chance=1 / config.n_way,
                 )
 
             improved = bool(distributed.on_main(validate, ctx))
-            if not ctx.is_main:
-                guard.take_interval()  # keeps its interval count as rank 0's
             interval_loss, interval_acc, interval_count = 0.0, 0.0, 0
             save(improved)
     bar.close()
