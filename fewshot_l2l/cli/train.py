@@ -16,6 +16,7 @@ from ..adaptation import BATCHED_LEARNER_MODES
 from ..baselines import BASELINES, METHODS
 from ..data import DATASETS, ROTATE_CHOICES
 from ..learner import QUERY_BN_MODES
+from ..process import RunInterrupted
 from ..training import AUTHORS_CONFIG, TrainConfig, authors_config, meta_train
 from ..utils import seed_everything, tune_cpu_allocator
 from .baseline import train_main as train_baseline_main
@@ -116,10 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     tune_cpu_allocator()
     seed_everything(config.seed)  # nothing in meta_train draws from the global generators; any future use is seeded
     context = distributed.init_process_group(config.device)  # SINGLE (nothing) without torchrun's WORLD_SIZE
+    clean_exit = False
     try:
         summary = meta_train(config)
+        clean_exit = True
+    except RunInterrupted:
+        clean_exit = True  # a stop that every rank took at the same update (SIGTERM, time budget)
+        raise
     finally:
-        distributed.destroy_process_group()
+        distributed.destroy_process_group(clean_exit)
     if context.is_main:
         print(json.dumps(summary))
 

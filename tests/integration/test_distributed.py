@@ -85,6 +85,7 @@ def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]],
     training.load_splits = lambda *args, **kwargs: splits
     real = {name: getattr(training, name) for name in ("run_episodes", "evaluate")}
     context = distributed.init_process_group("cpu")
+    clean_exit = False
     try:
         for index, (config, action) in enumerate(phases):
             for name, function in _fault(action, rank).items():
@@ -111,8 +112,9 @@ def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]],
         except RuntimeError as error:
             message = str(error)
         (report / f"rank{rank}.txt").write_text(message)
+        clean_exit = True
     finally:
-        distributed.destroy_process_group()
+        distributed.destroy_process_group(clean_exit)
 
 
 def replay(config: TrainConfig, splits, n_updates: int, world: int, checkpoint: dict | None = None):
