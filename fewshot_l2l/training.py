@@ -57,6 +57,24 @@ RESUMABLE_FIELDS = {"episodes", "max_minutes", "val_every", "val_episodes", "dev
                     "batched_learner"}
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, schedule: str, update: int, n_updates: int) -> float:
+    """Adam's learning rate for meta-update ``update`` (0-based) of ``n_updates``.
+
+    ``constant``: ``lr``. ``cosine``: ``lr * (1 + cos(pi * update / n_updates)) / 2``, from ``lr`` at the first
+    update towards 0 at the last (Loshchilov & Hutter, SGDR, 2017, without restarts). A function of the update
+    count alone, so a resumed run continues the same schedule. A run stopped by ``max_minutes`` ends before the
+    schedule does: for a time budget, set ``episodes`` to what fits in it.
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * update / n_updates))
+    raise ValueError(f"scheduled_lr: schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+
 @dataclass
 class TrainConfig:
     """All meta-training settings (stored in every checkpoint)."""
@@ -73,6 +91,7 @@ class TrainConfig:
     episodes: int = 2000  # meta-training episodes in total (meta-updates x meta_batch)
     max_minutes: float | None = None  # also stop (after a final validation) once this much training time has passed
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": Adam's lr annealed from lr to 0 over the run's episodes (scheduled_lr)
     grad_clip: float = 0.25
     hidden_size: int = 20
     hidden_channels: int = 32
@@ -123,6 +142,8 @@ class TrainConfig:
         for name in ("lr", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"TrainConfig: {name} must be a positive finite number, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig: lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.batched_learner not in BATCHED_LEARNER_MODES:
             raise ValueError(f"TrainConfig: batched_learner must be one of {BATCHED_LEARNER_MODES}, got {self.batched_learner!r}")
 
@@ -344,6 +365,8 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
             bar.close()
             raise stop.interrupted(last, f"update {state['update']}", signum)
         episode = sampler.sample(share)
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(config.lr, config.lr_schedule, state["update"], n_updates)
         result = run_episodes(
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
             config.query_bn, config.second_order, inner_generator, amp=config.amp, divide_grad=config.divide_grad,

@@ -17,7 +17,7 @@ from ..baselines import BASELINES, METHODS
 from ..data import DATASETS, ROTATE_CHOICES
 from ..learner import QUERY_BN_MODES
 from ..process import RunInterrupted
-from ..training import AUTHORS_CONFIG, TrainConfig, authors_config, meta_train
+from ..training import AUTHORS_CONFIG, LR_SCHEDULES, TrainConfig, authors_config, meta_train
 from ..utils import seed_everything, tune_cpu_allocator
 from .baseline import train_main as train_baseline_main
 from .args import DEVICE_HELP, command, device_arg, int_at_least, new_parser, positive_float, positive_int, seed_int, warn
@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--max-minutes", type=positive_float, default=None,
                         help="stop after this many minutes of meta-training (validates and checkpoints first)")
     parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="Adam learning rate of the meta-learner")
+    parser.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=LR_SCHEDULES,
+                        help="cosine: anneal --lr to 0 over --episodes (for a time budget, set --episodes to what fits)")
     parser.add_argument("--grad-clip", type=positive_float, default=defaults.grad_clip, help="global gradient-norm clip")
     parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size, help="meta-learner LSTM units")
     parser.add_argument("--hidden-channels", type=positive_int, default=defaults.hidden_channels, help="learner conv filters")

@@ -159,3 +159,23 @@ def test_max_minutes_stops_early_with_a_final_checkpoint(tiny_data, tmp_path):
     assert summary["updates"] == 1 and summary["episodes"] == 2
     rows = list(csv.DictReader(open(Path(summary["last"]).parent / "metrics.csv")))
     assert len(rows) == 1 and Path(summary["best"]).exists()
+
+
+def test_cosine_schedule_values():
+    assert training.scheduled_lr(1e-3, "constant", 7, 10) == 1e-3
+    assert training.scheduled_lr(1e-3, "cosine", 0, 10) == pytest.approx(1e-3)
+    assert training.scheduled_lr(1e-3, "cosine", 5, 10) == pytest.approx(0.5e-3)
+    assert training.scheduled_lr(1e-3, "cosine", 9, 10) == pytest.approx(1e-3 * (1 + math.cos(0.9 * math.pi)) / 2)
+    with pytest.raises(ValueError, match="TrainConfig: lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step")
+
+
+def test_cosine_schedule_sets_adams_lr_and_resumes_on_it(tiny_data, tmp_path):
+    # 8 episodes at meta-batch 2: 4 updates; the last one steps with lr * (1 + cos(3/4 pi)) / 2.
+    summary = meta_train(tiny_config(tmp_path, lr_schedule="cosine"), progress=False)
+    saved = torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"]
+    assert saved == pytest.approx(1e-3 * (1 + math.cos(0.75 * math.pi)) / 2)
+    # Resumed to 12 episodes (6 updates), the schedule is recomputed over the new length from update 4 on.
+    resumed = meta_train(tiny_config(tmp_path, lr_schedule="cosine", episodes=12, resume=True), progress=False)
+    saved = torch.load(resumed["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"]
+    assert resumed["updates"] == 6 and saved == pytest.approx(1e-3 * (1 + math.cos(5 / 6 * math.pi)) / 2)
