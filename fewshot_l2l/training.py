@@ -60,19 +60,32 @@ RESUMABLE_FIELDS = {"episodes", "max_minutes", "val_every", "val_episodes", "dev
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def scheduled_lr(lr: float, schedule: str, update: int, n_updates: int) -> float:
-    """Adam's learning rate for meta-update ``update`` (0-based) of ``n_updates``.
+def scheduled_lr(lr: float, schedule: str, progress: float) -> float:
+    """Adam's learning rate at ``progress`` (0 at the first meta-update, 1 at the end of the run).
 
-    ``constant``: ``lr``. ``cosine``: ``lr * (1 + cos(pi * update / n_updates)) / 2``, from ``lr`` at the first
-    update towards 0 at the last (Loshchilov & Hutter, SGDR, 2017, without restarts). A function of the update
-    count alone, so a resumed run continues the same schedule. A run stopped by ``max_minutes`` ends before the
-    schedule does: for a time budget, set ``episodes`` to what fits in it.
+    ``constant``: ``lr``. ``cosine``: ``lr * (1 + cos(pi * progress)) / 2``, from ``lr`` towards 0 at the end
+    (Loshchilov & Hutter, SGDR, 2017, without restarts). :func:`run_progress` says how far a run is.
     """
     if schedule == "constant":
         return lr
     if schedule == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * update / n_updates))
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     raise ValueError(f"scheduled_lr: schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+
+def run_progress(update: int, n_updates: int, elapsed_s: float = 0.0, max_minutes: float | None = None) -> float:
+    """How far a run is, in [0, 1]: the larger of the updates done (``update / n_updates``) and, with a time
+    budget, the share of it spent (``elapsed_s / (60 * max_minutes)``).
+
+    So a cosine schedule ends where the run ends, whichever of ``episodes`` or ``max_minutes`` ends it, on any
+    machine. Without a time budget it is a function of the update count alone, which a resumed run continues
+    exactly; with one it depends on the machine's speed, as the number of episodes done does (a resumed run
+    continues the stored elapsed time).
+    """
+    fraction = update / n_updates
+    if max_minutes is not None:
+        fraction = max(fraction, elapsed_s / (60.0 * max_minutes))
+    return min(fraction, 1.0)
 
 
 @dataclass
@@ -91,7 +104,7 @@ class TrainConfig:
     episodes: int = 2000  # meta-training episodes in total (meta-updates x meta_batch)
     max_minutes: float | None = None  # also stop (after a final validation) once this much training time has passed
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # or "cosine": Adam's lr annealed from lr to 0 over the run's episodes (scheduled_lr)
+    lr_schedule: str = "constant"  # or "cosine": Adam's lr annealed from lr to 0 over the run (episodes or max_minutes)
     grad_clip: float = 0.25
     hidden_size: int = 20
     hidden_channels: int = 32
@@ -365,8 +378,12 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
             bar.close()
             raise stop.interrupted(last, f"update {state['update']}", signum)
         episode = sampler.sample(share)
+        # Under a time budget the schedule reads rank 0's clock on every rank, so that all ranks step alike.
+        timed = config.lr_schedule != "constant" and config.max_minutes is not None
+        elapsed_s = ctx.broadcast_object(clock.elapsed_s) if timed else 0.0
         for group in optimizer.param_groups:
-            group["lr"] = scheduled_lr(config.lr, config.lr_schedule, state["update"], n_updates)
+            group["lr"] = scheduled_lr(config.lr, config.lr_schedule,
+                                       run_progress(state["update"], n_updates, elapsed_s, config.max_minutes))
         result = run_episodes(
             meta_learner, learner, episode, config.inner_steps, config.inner_batch_size,
             config.query_bn, config.second_order, inner_generator, amp=config.amp, divide_grad=config.divide_grad,

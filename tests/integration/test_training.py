@@ -162,12 +162,29 @@ def test_max_minutes_stops_early_with_a_final_checkpoint(tiny_data, tmp_path):
 
 
 def test_cosine_schedule_values():
-    assert training.scheduled_lr(1e-3, "constant", 7, 10) == 1e-3
-    assert training.scheduled_lr(1e-3, "cosine", 0, 10) == pytest.approx(1e-3)
-    assert training.scheduled_lr(1e-3, "cosine", 5, 10) == pytest.approx(0.5e-3)
-    assert training.scheduled_lr(1e-3, "cosine", 9, 10) == pytest.approx(1e-3 * (1 + math.cos(0.9 * math.pi)) / 2)
+    assert training.scheduled_lr(1e-3, "constant", 0.7) == 1e-3
+    assert training.scheduled_lr(1e-3, "cosine", 0.0) == pytest.approx(1e-3)
+    assert training.scheduled_lr(1e-3, "cosine", 0.5) == pytest.approx(0.5e-3)
+    assert training.scheduled_lr(1e-3, "cosine", 0.9) == pytest.approx(1e-3 * (1 + math.cos(0.9 * math.pi)) / 2)
+    assert training.scheduled_lr(1e-3, "cosine", 1.3) == pytest.approx(0.0, abs=1e-18)  # past the end: stays at 0
     with pytest.raises(ValueError, match="TrainConfig: lr_schedule must be one of"):
         TrainConfig(lr_schedule="step")
+
+
+def test_run_progress_is_the_larger_of_updates_and_time_spent():
+    assert training.run_progress(5, 10) == 0.5
+    assert training.run_progress(5, 10, elapsed_s=1e6) == 0.5  # no budget: the clock does not count
+    assert training.run_progress(2, 10, elapsed_s=90.0, max_minutes=2.0) == pytest.approx(0.75)  # 90 s of 120
+    assert training.run_progress(8, 10, elapsed_s=90.0, max_minutes=2.0) == pytest.approx(0.8)
+    assert training.run_progress(3, 10, elapsed_s=500.0, max_minutes=2.0) == 1.0
+
+
+def test_cosine_schedule_follows_a_time_budget(tiny_data, tmp_path):
+    # A budget of 1e-6 minutes is spent before the first update: it steps (and stops) with the rate at 0,
+    # where an episode count alone (8 episodes, 4 updates) would give it the full rate.
+    summary = meta_train(tiny_config(tmp_path, lr_schedule="cosine", max_minutes=1e-6), progress=False)
+    saved = torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"]
+    assert summary["updates"] == 1 and saved == pytest.approx(0.0, abs=1e-18)
 
 
 def test_cosine_schedule_sets_adams_lr_and_resumes_on_it(tiny_data, tmp_path):
