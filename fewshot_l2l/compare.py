@@ -17,7 +17,8 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+import ast
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import fewshot_l2l
@@ -43,6 +44,40 @@ class ComparisonSpec:
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
+    # TrainConfig settings of the Meta-LSTM's run other than its defaults, e.g. {"meta_batch": 1, "inner_steps": 6,
+    # "lr_schedule": "cosine"}; the settings every method shares (COMPARISON_FIELDS) come from the fields above.
+    meta_lstm: dict = field(default_factory=dict)
+
+
+# TrainConfig fields that a comparison sets for every method alike (or that would change its test episodes: n_query,
+# rotate), so not among the Meta-LSTM's own settings.
+COMPARISON_FIELDS = ("dataset", "data", "rotate", "n_way", "k_shot", "n_query", "episodes", "max_minutes", "val_episodes",
+                     "device", "seed", "out", "resume")
+
+
+def meta_lstm_settings(assignments: list[str]) -> dict:
+    """``["meta_batch=1", "lr_schedule=cosine"]`` as ``{"meta_batch": 1, "lr_schedule": "cosine"}``, checked by
+    :class:`~fewshot_l2l.training.TrainConfig`: a value is a Python literal (``1``, ``3e-3``, ``True``) or else a
+    string. Raises ``ValueError`` naming a malformed assignment, an unknown or shared setting, or a bad value."""
+    from .training import TrainConfig
+    own = sorted({f.name for f in fields(TrainConfig)} - set(COMPARISON_FIELDS))
+    settings = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or not name or not text:
+            raise ValueError(f"--meta-lstm: {assignment!r} is not NAME=VALUE (e.g. meta_batch=1)")
+        if name not in own:
+            raise ValueError(f"--meta-lstm: {name!r} is not a Meta-LSTM setting of its own; choose from {', '.join(own)}")
+        try:
+            settings[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[name] = text
+    try:
+        TrainConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--meta-lstm: {error}") from error
+    return settings
 
 
 @dataclass
@@ -73,7 +108,7 @@ def _train(method: str, spec: ComparisonSpec, out: Path) -> dict:
                   out=str(out), resume=spec.resume)
     if method == "meta-lstm":
         from .training import TrainConfig, meta_train
-        return meta_train(TrainConfig(**common))
+        return meta_train(TrainConfig(**spec.meta_lstm, **common))
     from .baselines.config import BaselineConfig
     from .baselines.training import train_baseline
     return train_baseline(BaselineConfig(method=method, **common))

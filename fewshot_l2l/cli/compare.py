@@ -10,7 +10,7 @@ from dataclasses import asdict
 from tqdm.auto import tqdm
 
 from ..baselines import METHODS
-from ..compare import ComparisonSpec, compare, markdown_table
+from ..compare import ComparisonSpec, compare, markdown_table, meta_lstm_settings
 from ..data import DATASETS
 from .args import DEVICE_HELP, command, device_arg, int_at_least, new_parser, positive_float, positive_int, seed_int
 
@@ -32,11 +32,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/compare", help="one run folder per method under it")
     parser.add_argument("--resume", action="store_true", help="skip finished methods, continue an interrupted one")
     parser.add_argument("--json", action="store_true", help="one JSON line per method instead of the table")
+    parser.add_argument("--meta-lstm", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="the Meta-LSTM's settings other than its defaults (TrainConfig fields), e.g. "
+                             "meta_batch=1 inner_steps=6 lr_schedule=cosine")
     args = parser.parse_args(argv)
+    try:
+        meta_lstm = meta_lstm_settings(args.meta_lstm)
+    except ValueError as error:
+        parser.error(str(error))
     dataset = args.dataset or ("omniglot" if args.data else "glyphs")
     spec = ComparisonSpec(dataset=dataset, data=args.data, n_way=args.n_way, k_shot=args.k_shot, minutes=args.minutes,
                           out=args.out, test_episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
-                          device=args.device, resume=args.resume)
+                          device=args.device, resume=args.resume, meta_lstm=meta_lstm)
     bar = tqdm(total=len(args.methods), desc="methods", unit="method")
     on_result = (lambda r: (print(json.dumps(asdict(r)), flush=True), bar.update(1))) if args.json else \
         (lambda r: bar.update(1))

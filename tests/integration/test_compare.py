@@ -5,8 +5,10 @@ reuses the finished methods, and one without it that is refused."""
 import json
 
 import pytest
+import torch
 
 from cli_helpers import make_omniglot_zip, run_cli
+from fewshot_l2l.compare import meta_lstm_settings
 
 TINY = ["--k-shot", "1", "--n-way", "3", "--minutes", "0.005", "--episodes", "4", "--val-episodes", "2",
         "--methods", "protonet", "finetune"]
@@ -48,3 +50,30 @@ def test_compare_two_methods_json_then_resume_as_a_table(tmp_path, tiny_h5):
 
     refused = run_cli("compare", *TINY, *tiny_h5, "--out", out)  # a finished run is never overwritten
     assert refused.status == 1 and "protonet failed" in refused.err and "--resume" in refused.err
+
+
+def test_meta_lstm_settings_reach_its_run(tmp_path, tiny_h5):
+    out = tmp_path / "compare"
+    ran = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--json",
+                  "--meta-lstm", "meta_batch=1", "inner_steps=3", "lr_schedule=cosine", "hidden_size=4")
+    assert ran.status == 0, ran.err
+    config = torch.load(out / "meta-lstm" / "last.pt", weights_only=False)["config"]
+    assert (config["meta_batch"], config["inner_steps"], config["lr_schedule"], config["hidden_size"]) == (1, 3, "cosine", 4)
+    assert config["max_minutes"] == 0.005 and config["n_way"] == 3 and config["seed"] == 0  # the shared settings
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("meta_batch", "'meta_batch' is not NAME=VALUE"),
+    ("seed=3", "'seed' is not a Meta-LSTM setting of its own; choose from"),  # shared by every method
+    ("n_query=5", "'n_query' is not a Meta-LSTM setting of its own"),  # would change the test episodes
+    ("inner_steps=0", "TrainConfig: inner_steps must be an integer in [1,"),
+    ("lr_schedule=step", "TrainConfig: lr_schedule must be one of"),
+])
+def test_meta_lstm_settings_refused_with_the_reason(assignment, message):
+    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--meta-lstm", assignment)
+    assert ran.status == 2 and f"--meta-lstm: {message}" in ran.err
+
+
+def test_meta_lstm_setting_values_are_literals_or_strings():
+    assert meta_lstm_settings(["lr=3e-3", "second-order=True", "query_bn=support"]) == \
+        {"lr": 3e-3, "second_order": True, "query_bn": "support"}
