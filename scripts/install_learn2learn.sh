@@ -36,7 +36,8 @@ index_hint="is the package index reachable from this machine? (pip's message abo
 say "installing the build tools ${BUILD_PINS[*]} into $PY"
 "$PY" -m pip install -q "${BUILD_PINS[@]}" || fail "installing ${BUILD_PINS[*]}: $index_hint"
 say "downloading the learn2learn $L2L_VERSION source archive"
-"$PY" -m pip download -q --no-deps --no-binary :all: -d "$WORK" "learn2learn==$L2L_VERSION" \
+# --no-binary for learn2learn alone: with :all:, pip's metadata step would also build its build tools (Cython) from source.
+"$PY" -m pip download -q --no-deps --no-binary learn2learn -d "$WORK" "learn2learn==$L2L_VERSION" \
     || fail "downloading learn2learn==$L2L_VERSION: $index_hint"
 tar xzf "$WORK/learn2learn-$L2L_VERSION.tar.gz" -C "$WORK" || fail "unpacking $WORK/learn2learn-$L2L_VERSION.tar.gz"
 SRC="$WORK/learn2learn-$L2L_VERSION"
