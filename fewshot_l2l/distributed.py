@@ -194,13 +194,15 @@ def any_rank(flag: bool, context: DistContext) -> bool:
     return bool(buffer.item())
 
 
-def max_over_ranks(value: int, context: DistContext) -> int:
-    """The largest of the ranks' ``value`` (e.g. the number of a signal one rank received, 0 for none)."""
+def max_over_ranks(value: int | float, context: DistContext) -> int | float:
+    """The largest of the ranks' ``value``, of ``value``'s type (e.g. the number of a signal one rank received, 0 for
+    none; the latest of the ranks' clocks)."""
     if not context.enabled:
         return value
-    buffer = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dtype = torch.int64 if isinstance(value, int) else torch.float64
+    buffer = torch.tensor([value], dtype=dtype, device=_collective_device())
     dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
-    return int(buffer.item())
+    return int(buffer.item()) if dtype is torch.int64 else float(buffer.item())
 
 
 def on_main(fn: Callable[[], T], context: DistContext) -> T | None:

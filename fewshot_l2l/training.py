@@ -79,8 +79,9 @@ def run_progress(update: int, n_updates: int, elapsed_s: float = 0.0, max_minute
 
     So a cosine schedule ends where the run ends, whichever of ``episodes`` or ``max_minutes`` ends it, on any
     machine. Without a time budget it is a function of the update count alone, which a resumed run continues
-    exactly; with one it depends on the machine's speed, as the number of episodes done does (a resumed run
-    continues the stored elapsed time).
+    exactly; with one it depends on the machine's speed, as the number of episodes done does: a resumed run
+    continues from its stored elapsed time, but is not bit-identical to an uninterrupted one, and resuming with a
+    larger ``max_minutes`` stretches the rest of the schedule (the rate rises again).
     """
     fraction = update / n_updates
     if max_minutes is not None:
@@ -136,7 +137,7 @@ class TrainConfig:
         if self.inner_batch_size is not None:
             check_int("TrainConfig", "inner_batch_size", self.inner_batch_size, 1)
         check_int("TrainConfig", "seed", self.seed, 0, SEED_MAX)
-        for name in ("second_order", "compile", "amp", "resume"):
+        for name in ("second_order", "divide_grad", "compile", "amp", "resume"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig: {name} must be True or False, got {getattr(self, name)!r}")
         if self.rotate not in ROTATE_CHOICES:
@@ -144,7 +145,10 @@ class TrainConfig:
         for name in ("query_bn", "val_query_bn"):
             if getattr(self, name) not in QUERY_BN_MODES:
                 raise ValueError(f"TrainConfig: {name} must be one of {QUERY_BN_MODES}, got {getattr(self, name)!r}")
-        low, high = self.forget_bias_init = tuple(float(v) for v in self.forget_bias_init)
+        try:
+            low, high = self.forget_bias_init = tuple(float(v) for v in self.forget_bias_init)
+        except (TypeError, ValueError):
+            raise ValueError(f"TrainConfig: forget_bias_init must be a range (low, high), got {self.forget_bias_init!r}") from None
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"TrainConfig: forget_bias_init must be a finite range (low < high), got {self.forget_bias_init}")
         if not (math.isfinite(self.bn_eps) and self.bn_eps > 0):
@@ -369,6 +373,7 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
     # Under a process group the meta-gradients are averaged over the ranks; one process takes meta_update's plain path.
     reduce = (lambda: distributed.average_gradients(meta_learner.parameters(), ctx)) if ctx.enabled else None
     out_of_time = False
+    timed_schedule = config.lr_schedule != "constant" and config.max_minutes is not None
     while state["update"] < n_updates and not out_of_time:
         # SIGTERM / SIGINT (on any rank: every rank stops at this update): save the exact state and exit.
         signum = distributed.max_over_ranks(stop.requested or 0, ctx)
@@ -378,9 +383,9 @@ def _meta_train(config: TrainConfig, device: torch.device, run: RunFolder | None
             bar.close()
             raise stop.interrupted(last, f"update {state['update']}", signum)
         episode = sampler.sample(share)
-        # Under a time budget the schedule reads rank 0's clock on every rank, so that all ranks step alike.
-        timed = config.lr_schedule != "constant" and config.max_minutes is not None
-        elapsed_s = ctx.broadcast_object(clock.elapsed_s) if timed else 0.0
+        # Under a time budget the schedule reads the latest of the ranks' clocks (as the budget's stop does), the
+        # same on every rank, so that all ranks step alike.
+        elapsed_s = distributed.max_over_ranks(clock.elapsed_s, ctx) if timed_schedule else 0.0
         for group in optimizer.param_groups:
             group["lr"] = scheduled_lr(config.lr, config.lr_schedule,
                                        run_progress(state["update"], n_updates, elapsed_s, config.max_minutes))

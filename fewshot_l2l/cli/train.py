@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="stop after this many minutes of meta-training (validates and checkpoints first)")
     parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="Adam learning rate of the meta-learner")
     parser.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=LR_SCHEDULES,
-                        help="cosine: anneal --lr to 0 over the run (--episodes, or --max-minutes if that ends it first)")
+                        help="cosine: anneal --lr to 0 over the run (progress: the larger of the shares of --episodes done and of --max-minutes spent)")
     parser.add_argument("--grad-clip", type=positive_float, default=defaults.grad_clip, help="global gradient-norm clip")
     parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size, help="meta-learner LSTM units")
     parser.add_argument("--hidden-channels", type=positive_int, default=defaults.hidden_channels, help="learner conv filters")

@@ -170,6 +170,9 @@ PHASES = {
     "locked": dict(),
     # Rank 0's first validation fails: rank 1 hears of it instead of waiting for it.
     "validation": dict(fault={"rank": 0, "at": 1, "fault": "validation"}),
+    # A cosine rate over a time budget of 1.2 s (one validation, at the end): the ranks' clocks differ, so they must
+    # agree on one rate.
+    "cosine budget": dict(lr_schedule="cosine", episodes=10**6, val_every=10**6, max_minutes=0.02),
 }
 
 
@@ -341,3 +344,10 @@ def test_helpers_without_a_process_group(monkeypatch):
     state = torch.Generator().manual_seed(1).get_state()
     assert torch.equal(distributed.saved_sampler_states({"sampler_rng": state})[0], state)  # an older checkpoint
     assert distributed.rank_device("auto", 1, distributed=False) == distributed.rank_device("cpu", 1, True)
+
+
+def test_a_cosine_rate_over_a_time_budget_is_the_same_on_every_rank(runs):
+    root, _ = runs
+    assert outcomes(root, "cosine budget") == ["ok", "ok"]  # bit-identical weights at every validation
+    # The budget, not the (unreachable) episode count, drove the rate down.
+    assert load(root / "cosine budget" / "last.pt")["optimizer"]["param_groups"][0]["lr"] < 0.5e-3

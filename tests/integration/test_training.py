@@ -179,12 +179,38 @@ def test_run_progress_is_the_larger_of_updates_and_time_spent():
     assert training.run_progress(3, 10, elapsed_s=500.0, max_minutes=2.0) == 1.0
 
 
-def test_cosine_schedule_follows_a_time_budget(tiny_data, tmp_path):
-    # A budget of 1e-6 minutes is spent before the first update: it steps (and stops) with the rate at 0,
-    # where an episode count alone (8 episodes, 4 updates) would give it the full rate.
-    summary = meta_train(tiny_config(tmp_path, lr_schedule="cosine", max_minutes=1e-6), progress=False)
+class _ClockAt:
+    """A stand-in for runs.Stopwatch whose clock always reads ``share`` of the time budget."""
+
+    share = 0.0
+
+    def __init__(self, elapsed_s: float = 0.0, max_minutes: float | None = None) -> None:
+        self.max_minutes = max_minutes
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.share * 60 * self.max_minutes
+
+    def out_of_time(self) -> bool:
+        return self.share >= 1
+
+
+def test_cosine_schedule_follows_a_time_budget(tiny_data, tmp_path, monkeypatch):
+    # 8 episodes at meta-batch 2: 4 updates. With 90% of the budget spent the last update steps with the rate at
+    # 90% of the schedule, not at 3/4 as the update count alone would give.
+    monkeypatch.setattr(training, "Stopwatch", _ClockAt)
+    monkeypatch.setattr(_ClockAt, "share", 0.9)
+    summary = meta_train(tiny_config(tmp_path / "a", lr_schedule="cosine", max_minutes=5.0), progress=False)
     saved = torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"]
-    assert summary["updates"] == 1 and saved == pytest.approx(0.0, abs=1e-18)
+    assert summary["updates"] == 4 and saved == pytest.approx(1e-3 * (1 + math.cos(0.9 * math.pi)) / 2)
+    # With 10% spent the update count leads: the last update's rate is that of 3/4 of the run.
+    monkeypatch.setattr(_ClockAt, "share", 0.1)
+    summary = meta_train(tiny_config(tmp_path / "b", lr_schedule="cosine", max_minutes=5.0), progress=False)
+    saved = torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"]
+    assert saved == pytest.approx(1e-3 * (1 + math.cos(0.75 * math.pi)) / 2)
+    # A constant rate ignores the clock.
+    summary = meta_train(tiny_config(tmp_path / "c", max_minutes=5.0), progress=False)
+    assert torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"] == 1e-3
 
 
 def test_cosine_schedule_sets_adams_lr_and_resumes_on_it(tiny_data, tmp_path):
