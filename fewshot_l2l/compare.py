@@ -49,17 +49,26 @@ class ComparisonSpec:
     meta_lstm: dict = field(default_factory=dict)
 
 
-# TrainConfig fields that a comparison sets for every method alike (or that would change its test episodes: n_query,
-# rotate), so not among the Meta-LSTM's own settings.
-COMPARISON_FIELDS = ("dataset", "data", "rotate", "n_way", "k_shot", "n_query", "episodes", "max_minutes", "val_episodes",
-                     "device", "seed", "out", "resume")
+# TrainConfig fields that a comparison sets for every method alike (shared_settings), and those that would change its
+# test episodes (n_query, rotate): not among the Meta-LSTM's own settings.
+COMPARISON_FIELDS = ("dataset", "data", "n_way", "k_shot", "episodes", "max_minutes", "val_episodes", "device", "seed",
+                     "out", "resume", "n_query", "rotate")
+
+
+def shared_settings(spec: ComparisonSpec, out: Path) -> dict:
+    """The training settings every method of ``spec`` gets, its run folder being ``out``."""
+    return dict(dataset=spec.dataset, data=spec.data, n_way=spec.n_way, k_shot=spec.k_shot, episodes=TRAINING_EPISODES,
+                max_minutes=spec.minutes, val_episodes=spec.val_episodes, device=spec.device, seed=spec.seed,
+                out=str(out), resume=spec.resume)
 
 
 def meta_lstm_settings(assignments: list[str]) -> dict:
     """``["meta_batch=1", "lr_schedule=cosine"]`` as ``{"meta_batch": 1, "lr_schedule": "cosine"}``, checked by
-    :class:`~fewshot_l2l.training.TrainConfig`: a value is a Python literal (``1``, ``3e-3``, ``True``) or else a
-    string. Raises ``ValueError`` naming a malformed assignment, an unknown or shared setting, or a bad value."""
+    :class:`~fewshot_l2l.training.TrainConfig`: a value is a Python literal (``1``, ``3e-3``, ``True``, ``(4, 5)``),
+    or plain text for a setting whose default is text. Raises ``ValueError`` naming a malformed assignment, an unknown
+    or shared setting, a setting given twice, or a bad value."""
     from .training import TrainConfig
+    defaults = TrainConfig()
     own = sorted({f.name for f in fields(TrainConfig)} - set(COMPARISON_FIELDS))
     settings = {}
     for assignment in assignments:
@@ -69,14 +78,20 @@ def meta_lstm_settings(assignments: list[str]) -> dict:
             raise ValueError(f"--meta-lstm: {assignment!r} is not NAME=VALUE (e.g. meta_batch=1)")
         if name not in own:
             raise ValueError(f"--meta-lstm: {name!r} is not a Meta-LSTM setting of its own; choose from {', '.join(own)}")
+        if name in settings:
+            raise ValueError(f"--meta-lstm: {name} is given twice")
         try:
             settings[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
+            if not isinstance(getattr(defaults, name), str):
+                raise ValueError(f"--meta-lstm: {assignment!r}: {text!r} is not a value of {name} (a Python literal, "
+                                 f"like its default {getattr(defaults, name)!r})") from None
             settings[name] = text
     try:
         TrainConfig(**settings)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"--meta-lstm: {error}") from error
+        given = " ".join(f"{name}={value!r}" for name, value in settings.items())
+        raise ValueError(f"--meta-lstm {given}: {error}") from error
     return settings
 
 
@@ -100,12 +115,11 @@ class MethodResult:
     test_episodes: int
     load_average: float  # 1-minute load average when the method finished
     run: str
+    settings: dict = field(default_factory=dict)  # the Meta-LSTM's own settings (ComparisonSpec.meta_lstm)
 
 
 def _train(method: str, spec: ComparisonSpec, out: Path) -> dict:
-    common = dict(dataset=spec.dataset, data=spec.data, n_way=spec.n_way, k_shot=spec.k_shot, episodes=TRAINING_EPISODES,
-                  max_minutes=spec.minutes, val_episodes=spec.val_episodes, device=spec.device, seed=spec.seed,
-                  out=str(out), resume=spec.resume)
+    common = shared_settings(spec, out)
     if method == "meta-lstm":
         from .training import TrainConfig, meta_train
         return meta_train(TrainConfig(**spec.meta_lstm, **common))
@@ -155,6 +169,7 @@ def run_method(method: str, spec: ComparisonSpec) -> MethodResult:
         eval_seconds_per_episode=eval_seconds / spec.test_episodes,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         test_episodes=spec.test_episodes, load_average=os.getloadavg()[0], run=str(out),
+        settings=spec.meta_lstm if method == "meta-lstm" else {},
     )
     atomic_write(out / RESULT_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(result)) + "\n"))
     return result
@@ -182,6 +197,10 @@ def compare(methods: list[str], spec: ComparisonSpec, on_result=None) -> list[Me
                 raise RuntimeError(f"compare: {method} failed (exit status {process.returncode}); its run folder is "
                                    f"{Path(spec.out) / method}: rerun with --resume to continue from it")
         result = MethodResult(**json.loads(saved.read_text()))
+        wanted = json.loads(json.dumps(spec.meta_lstm if method == "meta-lstm" else {}))  # as result.json holds it
+        if result.settings != wanted:
+            raise RuntimeError(f"compare: {saved} was trained with --meta-lstm settings {result.settings or 'none'}, "
+                               f"not {wanted or 'none'}: give the same settings, or another --out")
         results.append(result)
         if on_result is not None:
             on_result(result)

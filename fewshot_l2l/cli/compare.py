@@ -32,10 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/compare", help="one run folder per method under it")
     parser.add_argument("--resume", action="store_true", help="skip finished methods, continue an interrupted one")
     parser.add_argument("--json", action="store_true", help="one JSON line per method instead of the table")
-    parser.add_argument("--meta-lstm", nargs="+", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--meta-lstm", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                         help="the Meta-LSTM's settings other than its defaults (TrainConfig fields), e.g. "
                              "meta_batch=1 inner_steps=6 lr_schedule=cosine")
     args = parser.parse_args(argv)
+    if args.meta_lstm and "meta-lstm" not in args.methods:
+        parser.error("--meta-lstm sets the Meta-LSTM's run, but meta-lstm is not among --methods")
     try:
         meta_lstm = meta_lstm_settings(args.meta_lstm)
     except ValueError as error:
@@ -50,8 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     results = compare(args.methods, spec, on_result)
     bar.close()
     if not args.json:
+        settings = " ".join(f"{name}={value!r}" for name, value in meta_lstm.items())
         print(f"{dataset}, {args.n_way}-way {args.k_shot}-shot, {args.minutes:g} min of training per method, "
-              f"{args.episodes} test episodes (seed {args.seed}):\n")
+              f"{args.episodes} test episodes (seed {args.seed})" + (f"; Meta-LSTM: {settings}" if settings else "")
+              + ":\n")
         print(markdown_table(results))
 
 

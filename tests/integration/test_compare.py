@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cli_helpers import make_omniglot_zip, run_cli
-from fewshot_l2l.compare import meta_lstm_settings
+from fewshot_l2l.compare import COMPARISON_FIELDS, ComparisonSpec, meta_lstm_settings, shared_settings
 
 TINY = ["--k-shot", "1", "--n-way", "3", "--minutes", "0.005", "--episodes", "4", "--val-episodes", "2",
         "--methods", "protonet", "finetune"]
@@ -60,6 +60,15 @@ def test_meta_lstm_settings_reach_its_run(tmp_path, tiny_h5):
     config = torch.load(out / "meta-lstm" / "last.pt", weights_only=False)["config"]
     assert (config["meta_batch"], config["inner_steps"], config["lr_schedule"], config["hidden_size"]) == (1, 3, "cosine", 4)
     assert config["max_minutes"] == 0.005 and config["n_way"] == 3 and config["seed"] == 0  # the shared settings
+    result = json.loads(ran.out)
+    assert result["settings"] == {"meta_batch": 1, "inner_steps": 3, "lr_schedule": "cosine", "hidden_size": 4}
+    # A finished run is reused only with the settings it was trained with.
+    other = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--resume", "--meta-lstm", "meta_batch=2")
+    assert other.status == 1 and "was trained with --meta-lstm settings" in other.err and "not {'meta_batch': 2}" in other.err
+    again = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--resume", "--meta-lstm", "meta_batch=1",
+                    "inner_steps=3", "--meta-lstm", "lr_schedule=cosine", "hidden_size=4")  # repeated: the lists add up
+    assert again.status == 0, again.err
+    assert "Meta-LSTM: meta_batch=1 inner_steps=3 lr_schedule='cosine' hidden_size=4" in again.out
 
 
 @pytest.mark.parametrize("assignment, message", [
@@ -68,10 +77,23 @@ def test_meta_lstm_settings_reach_its_run(tmp_path, tiny_h5):
     ("n_query=5", "'n_query' is not a Meta-LSTM setting of its own"),  # would change the test episodes
     ("inner_steps=0", "TrainConfig: inner_steps must be an integer in [1,"),
     ("lr_schedule=step", "TrainConfig: lr_schedule must be one of"),
+    ("divide_grad=false", "'divide_grad=false': 'false' is not a value of divide_grad (a Python literal"),
+    ("forget_bias_init=5", "TrainConfig: forget_bias_init must be a range (low, high), got 5"),
+    ("lr=1e-3 lr=2e-3", "lr is given twice"),
 ])
 def test_meta_lstm_settings_refused_with_the_reason(assignment, message):
-    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--meta-lstm", assignment)
-    assert ran.status == 2 and f"--meta-lstm: {message}" in ran.err
+    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--meta-lstm", *assignment.split())
+    assert ran.status == 2 and message in ran.err and "--meta-lstm" in ran.err
+
+
+def test_meta_lstm_settings_need_the_meta_lstm():
+    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--methods", "maml", "--meta-lstm", "meta_batch=1")
+    assert ran.status == 2 and "meta-lstm is not among --methods" in ran.err
+
+
+def test_every_setting_a_comparison_shares_is_refused_as_a_meta_lstm_setting(tmp_path):
+    spec = ComparisonSpec(dataset="glyphs", data=None, n_way=5, k_shot=1, minutes=1.0, out=str(tmp_path))
+    assert set(shared_settings(spec, tmp_path)) | {"n_query", "rotate"} == set(COMPARISON_FIELDS)
 
 
 def test_meta_lstm_setting_values_are_literals_or_strings():
