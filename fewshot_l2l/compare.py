@@ -11,13 +11,13 @@ its result is written atomically to ``OUT/METHOD/result.json``, which a resumed 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
-import ast
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -90,9 +90,18 @@ def meta_lstm_settings(assignments: list[str]) -> dict:
     try:
         TrainConfig(**settings)
     except (TypeError, ValueError) as error:
-        given = " ".join(f"{name}={value!r}" for name, value in settings.items())
-        raise ValueError(f"--meta-lstm {given}: {error}") from error
+        raise ValueError(f"--meta-lstm {format_settings(settings)}: {error}") from error
     return settings
+
+
+def format_settings(settings: dict) -> str:
+    """``{"meta_batch": 1, "lr_schedule": "cosine"}`` as ``meta_batch=1 lr_schedule='cosine'``."""
+    return " ".join(f"{name}={value!r}" for name, value in settings.items())
+
+
+def method_settings(method: str, spec: ComparisonSpec) -> dict:
+    """The settings of ``method``'s own in ``spec`` (the Meta-LSTM's ``--meta-lstm``; none for the baselines)."""
+    return spec.meta_lstm if method == "meta-lstm" else {}
 
 
 @dataclass
@@ -169,7 +178,7 @@ def run_method(method: str, spec: ComparisonSpec) -> MethodResult:
         eval_seconds_per_episode=eval_seconds / spec.test_episodes,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         test_episodes=spec.test_episodes, load_average=os.getloadavg()[0], run=str(out),
-        settings=spec.meta_lstm if method == "meta-lstm" else {},
+        settings=method_settings(method, spec),
     )
     atomic_write(out / RESULT_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(result)) + "\n"))
     return result
@@ -197,7 +206,7 @@ def compare(methods: list[str], spec: ComparisonSpec, on_result=None) -> list[Me
                 raise RuntimeError(f"compare: {method} failed (exit status {process.returncode}); its run folder is "
                                    f"{Path(spec.out) / method}: rerun with --resume to continue from it")
         result = MethodResult(**json.loads(saved.read_text()))
-        wanted = json.loads(json.dumps(spec.meta_lstm if method == "meta-lstm" else {}))  # as result.json holds it
+        wanted = json.loads(json.dumps(method_settings(method, spec)))  # as result.json holds it
         if result.settings != wanted:
             raise RuntimeError(f"compare: {saved} was trained with --meta-lstm settings {result.settings or 'none'}, "
                                f"not {wanted or 'none'}: give the same settings, or another --out")

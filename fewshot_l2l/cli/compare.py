@@ -10,7 +10,7 @@ from dataclasses import asdict
 from tqdm.auto import tqdm
 
 from ..baselines import METHODS
-from ..compare import ComparisonSpec, compare, markdown_table, meta_lstm_settings
+from ..compare import ComparisonSpec, compare, format_settings, markdown_table, meta_lstm_settings
 from ..data import DATASETS
 from .args import DEVICE_HELP, command, device_arg, int_at_least, new_parser, positive_float, positive_int, seed_int
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     results = compare(args.methods, spec, on_result)
     bar.close()
     if not args.json:
-        settings = " ".join(f"{name}={value!r}" for name, value in meta_lstm.items())
+        settings = format_settings(meta_lstm)
         print(f"{dataset}, {args.n_way}-way {args.k_shot}-shot, {args.minutes:g} min of training per method, "
               f"{args.episodes} test episodes (seed {args.seed})" + (f"; Meta-LSTM: {settings}" if settings else "")
               + ":\n")
