@@ -124,6 +124,16 @@ class BaselineResult:
     final_loss: float  # on test problems, with lr_final
     sum_loss: float  # on test problems, with lr_sum
     curve: Tensor  # mean test curve [T + 1] with lr_sum
+    final_curve: Tensor | None = None  # mean test curve [T + 1] with lr_final (None: the same as ``curve``)
+
+    def steps_learned_lower(self, learned_curve: Tensor) -> dict[str, int]:
+        """At how many steps ``t = 1..T`` the learned rule's mean loss is below this baseline's, for each tuned rate.
+
+        A learned rule "ahead at every step count up to T" scores ``T`` against both curves.
+        """
+        final_curve = self.curve if self.final_curve is None else self.final_curve
+        return {tuned: int((learned_curve[1:] < curve[1:]).sum())
+                for tuned, curve in (("lr_sum", self.curve), ("lr_final", final_curve))}
 
 
 @dataclass
@@ -168,7 +178,8 @@ class Comparison:
             "learned_final_loss": self.learned_final_loss,
             "learned_sum_loss": self.learned_sum_loss,
             "baselines": {
-                name: {"lr_final": b.lr_final, "final_loss": b.final_loss, "lr_sum": b.lr_sum, "sum_loss": b.sum_loss}
+                name: {"lr_final": b.lr_final, "final_loss": b.final_loss, "lr_sum": b.lr_sum, "sum_loss": b.sum_loss,
+                       "steps_learned_lower": b.steps_learned_lower(self.learned_curve)}
                 for name, b in self.baselines.items()
             },
         })
@@ -207,7 +218,8 @@ def compare(rule: UpdateRule, distribution, horizon: int, n_test: int = 100, n_t
         final_curve = baseline_curve(name, lr_final, test_problems, horizon)
         sum_curve = final_curve if lr_sum == lr_final else baseline_curve(name, lr_sum, test_problems, horizon)
         comparison.baselines[name] = BaselineResult(
-            lr_final, lr_sum, curve_metrics(final_curve)[0], curve_metrics(sum_curve)[1], sum_curve.mean(dim=1)
+            lr_final, lr_sum, curve_metrics(final_curve)[0], curve_metrics(sum_curve)[1], sum_curve.mean(dim=1),
+            final_curve.mean(dim=1),
         )
     return comparison
 

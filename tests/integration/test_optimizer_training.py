@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fewshot_l2l.optim.problems import QuadraticProblems
-from fewshot_l2l.optim.evaluation import baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
+from fewshot_l2l.optim.evaluation import BaselineResult, baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
 from fewshot_l2l.optim.training import (
     OptimizerTrainConfig, load_rule_checkpoint, train_optimizer, unrolled_meta_loss,
 )
@@ -174,6 +174,16 @@ def test_comparison_ratios():
     assert best == min(summary["baselines"], key=lambda n: summary["baselines"][n]["final_loss"])
     assert summary["final_loss_ratio"] == pytest.approx(summary["learned_final_loss"] / summary["baselines"][best]["final_loss"])
     assert "| learned |" in comparison.table()
+    steps = summary["baselines"][best]["steps_learned_lower"]
+    assert set(steps) == {"lr_sum", "lr_final"} and all(0 <= n <= 10 for n in steps.values())
+
+
+def test_steps_learned_lower_counts_steps_1_to_t_against_each_tuned_curve():
+    learned = torch.tensor([9.0, 1.0, 1.0, 1.0, 1.0])  # step 0 (the shared start) is never counted
+    sum_tuned = torch.tensor([0.0, 2.0, 0.5, 2.0, 0.5])  # learned lower at steps 1 and 3
+    final_tuned = torch.tensor([0.0, 3.0, 3.0, 3.0, 0.9])  # lower at steps 1, 2, 3
+    assert BaselineResult(0.1, 0.2, 0.9, 5.0, sum_tuned, final_tuned).steps_learned_lower(learned) == {"lr_sum": 2, "lr_final": 3}
+    assert BaselineResult(0.1, 0.1, 0.5, 5.0, sum_tuned).steps_learned_lower(learned) == {"lr_sum": 2, "lr_final": 2}
 
 
 
