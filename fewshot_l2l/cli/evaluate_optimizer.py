@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     suffix = ("" if problem == config.problem else f"_{problem}") + variant
     plot = args.plot if args.plot is not None else str(checkpoint.with_name(f"{checkpoint.stem}{suffix}_h{horizon}.png"))
     described = problem + "".join(f" {key}={value}" for key, value in options.items())
-    trained = f"trained {config.horizon}" + ("" if problem == config.problem else f" on {config.problem}")
+    trained_horizons = str(config.horizon) if config.max_horizon == config.horizon else f"{config.horizon}..{config.max_horizon}"
+    trained = f"trained {trained_horizons}" + ("" if problem == config.problem else f" on {config.problem}")
     plot_curves(comparison, plot, f"{described}: {config.rule} rule, horizon {horizon} ({trained})")
     summary = comparison.summary(problem)
     summary["problem_options"] = {**trained_options, **options}

@@ -93,8 +93,20 @@ def option(words: list[str], name: str) -> str | None:
 
 
 def script_calls(words: list[str]) -> list[tuple[str, list[str]]]:
-    """``(scripts/X.py, arguments after it)`` for each script invoked in ``words``."""
-    return [(w, words[i + 1:]) for i, w in enumerate(words) if re.fullmatch(r"scripts/\w+\.py", w)]
+    """``(scripts/X.py, its arguments)`` for each script invoked in ``words``; a script's arguments end at the
+    next script or shell separator (``a.py --x && b.py --y`` in a Makefile loop gives ``--y`` to ``b.py`` only)."""
+    calls = []
+    for i, word in enumerate(words):
+        if re.fullmatch(r"scripts/\w+\.py", word):
+            args = []
+            for arg in words[i + 1:]:
+                if re.fullmatch(r"scripts/\w+\.py|&&|\|\||\||;|>|do|done", arg):
+                    break
+                args.append(arg.rstrip(";"))
+                if arg.endswith(";"):
+                    break
+            calls.append((word, args))
+    return calls
 
 
 TEXTS = {rel(doc): doc.read_text(encoding="utf-8") for doc in DOCS}
