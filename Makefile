@@ -53,7 +53,9 @@ clean:
 # problems at the trained horizon (100) and at 2x (200). About an hour on 2 shared CPU cores.
 BENCH_OPT_DIR ?= runs/bench-optimizer
 MLP_TRAIN_ARGS ?= --iterations 80 --lr 5e-3 --val-every 20 --device cpu
-MLP_EVAL_ARGS ?= --n-tune 20 --lr-grid 0.001 0.001778 0.003162 0.005623 0.01 0.01778 0.03162 0.05623 0.1 0.1778 0.3162 0.5623 1 1.778 3.162 5.623 10
+# Learning rates the baselines are tuned over (MLP: extended upwards, where tuned Nesterov lands).
+OPT_LR_GRID ?= 0.001 0.001778 0.003162 0.005623 0.01 0.01778 0.03162 0.05623 0.1 0.1778 0.3162 0.5623 1
+MLP_EVAL_ARGS ?= --n-tune 20 --lr-grid $(OPT_LR_GRID) 1.778 3.162 5.623 10
 bench-optimizer: setup
 	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 1500 --lr 3e-3 --n-test 0 --device cpu --out $(BENCH_OPT_DIR)/quadratic
 	$(PY) scripts/train_optimizer.py --problem quadratic --iterations 2000 --lr 1e-3 --n-test 0 --device cpu --out $(BENCH_OPT_DIR)/quadratic --resume
@@ -69,8 +71,8 @@ bench-optimizer: setup
 # at 1x, 2x and 4x the shortest. bench-rules: GAC and NTM-BFGS trained like the plain rule on every problem, against
 # it and tuned Adam (GAC with --seed 1 on the MLP and the conv-net: from seed 0 it sat at chance level). bench-neural-art: the plain rule trained at 64x64, tested at 64 and 128.
 BENCH_REST_DIR ?= runs/bench-rest
-REST_GRID ?= 0.001 0.001778 0.003162 0.005623 0.01 0.01778 0.03162 0.05623 0.1 0.1778 0.3162 0.5623 1
-MLP_GRID ?= $(REST_GRID) 1.778 3.162 5.623 10
+# conv-net and neural art: fewer tuning and test problems, each costs far more than an MLP's.
+COSTLY_EVAL_ARGS ?= --n-tune 10 --n-test 20 --lr-grid $(OPT_LR_GRID)
 MLP_RANDOM_ARGS ?= --problem mlp --horizon 100 --horizon-schedule random --max-horizon 200 --iterations 150 --lr 5e-3 --val-every 25 --val-problems 10
 CONVNET_RANDOM_ARGS ?= --problem convnet --horizon 20 --unroll 10 --horizon-schedule random --max-horizon 40 --iterations 400 --lr 3e-3 --val-every 20 --val-problems 4
 ART_ARGS ?= --problem neural-art --image-size 64 --horizon 50 --unroll 10 --iterations 200 --lr 3e-3 --val-every 25 --val-problems 4
@@ -80,23 +82,23 @@ REST_EVAL ?= OMP_NUM_THREADS=1 $(PY) scripts/evaluate_optimizer.py --device cpu 
 
 bench-horizons: setup
 	$(REST_TRAIN) $(MLP_RANDOM_ARGS) --out $(BENCH_REST_DIR)/mlp-andrychowicz
-	for H in 100 200 400; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --horizon $$H --n-tune 20 --lr-grid $(MLP_GRID) > $(BENCH_REST_DIR)/mlp-andrychowicz.eval$$H.json || exit 1; done
-	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --problem mlp --hidden 40 --horizon 100 --n-tune 20 --lr-grid $(MLP_GRID) --baselines adam --plot $(BENCH_REST_DIR)/mlp-andrychowicz/variant_hidden40_h100.png > $(BENCH_REST_DIR)/mlp-andrychowicz.variant-hidden40.json
-	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --problem mlp --layers 2 --horizon 100 --n-tune 20 --lr-grid $(MLP_GRID) --baselines adam --plot $(BENCH_REST_DIR)/mlp-andrychowicz/variant_layers2_h100.png > $(BENCH_REST_DIR)/mlp-andrychowicz.variant-layers2.json
-	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --problem mlp --activation relu --horizon 100 --n-tune 20 --lr-grid $(MLP_GRID) --baselines adam --plot $(BENCH_REST_DIR)/mlp-andrychowicz/variant_activationrelu_h100.png > $(BENCH_REST_DIR)/mlp-andrychowicz.variant-activationrelu.json
+	for H in 100 200 400; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --horizon $$H $(MLP_EVAL_ARGS) > $(BENCH_REST_DIR)/mlp-andrychowicz.eval$$H.json || exit 1; done
+	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --problem mlp --hidden 40 --horizon 100 $(MLP_EVAL_ARGS) --baselines adam --plot $(BENCH_REST_DIR)/mlp-andrychowicz/variant_hidden40_h100.png > $(BENCH_REST_DIR)/mlp-andrychowicz.variant-hidden40.json
+	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --problem mlp --layers 2 --horizon 100 $(MLP_EVAL_ARGS) --baselines adam --plot $(BENCH_REST_DIR)/mlp-andrychowicz/variant_layers2_h100.png > $(BENCH_REST_DIR)/mlp-andrychowicz.variant-layers2.json
+	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz/best.pt --problem mlp --activation relu --horizon 100 $(MLP_EVAL_ARGS) --baselines adam --plot $(BENCH_REST_DIR)/mlp-andrychowicz/variant_activationrelu_h100.png > $(BENCH_REST_DIR)/mlp-andrychowicz.variant-activationrelu.json
 	$(REST_TRAIN) $(CONVNET_RANDOM_ARGS) --out $(BENCH_REST_DIR)/convnet-andrychowicz
-	for H in 20 40; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-andrychowicz/best.pt --horizon $$H --n-tune 10 --n-test 20 --lr-grid $(REST_GRID) > $(BENCH_REST_DIR)/convnet-andrychowicz.eval$$H.json || exit 1; done
-	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-andrychowicz/best.pt --horizon 80 --n-tune 10 --n-test 20 --lr-grid $(REST_GRID) --baselines adam > $(BENCH_REST_DIR)/convnet-andrychowicz.eval80.json
+	for H in 20 40; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-andrychowicz/best.pt --horizon $$H $(COSTLY_EVAL_ARGS) > $(BENCH_REST_DIR)/convnet-andrychowicz.eval$$H.json || exit 1; done
+	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-andrychowicz/best.pt --horizon 80 $(COSTLY_EVAL_ARGS) --baselines adam > $(BENCH_REST_DIR)/convnet-andrychowicz.eval80.json
 
 bench-rules: bench-horizons
 	for R in andrychowicz andrychowicz-gac ntm-bfgs; do $(REST_TRAIN) $(QUAD_ARGS) --rule $$R --out $(BENCH_REST_DIR)/quad-$$R && $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/quad-$$R/best.pt --horizon 100 > $(BENCH_REST_DIR)/quad-$$R.eval100.json || exit 1; done
-	$(REST_TRAIN) $(MLP_RANDOM_ARGS) --rule andrychowicz-gac --seed 1 --out $(BENCH_REST_DIR)/mlp-andrychowicz-gac && for H in 100 200; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz-gac/best.pt --horizon $$H --n-tune 20 --lr-grid $(MLP_GRID) --baselines adam > $(BENCH_REST_DIR)/mlp-andrychowicz-gac.eval$$H.json || exit 1; done
-	$(REST_TRAIN) $(MLP_RANDOM_ARGS) --rule ntm-bfgs --out $(BENCH_REST_DIR)/mlp-ntm-bfgs && for H in 100 200; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-ntm-bfgs/best.pt --horizon $$H --n-tune 20 --lr-grid $(MLP_GRID) --baselines adam > $(BENCH_REST_DIR)/mlp-ntm-bfgs.eval$$H.json || exit 1; done
-	$(REST_TRAIN) $(CONVNET_RANDOM_ARGS) --rule andrychowicz-gac --seed 1 --out $(BENCH_REST_DIR)/convnet-andrychowicz-gac && $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-andrychowicz-gac/best.pt --horizon 20 --n-tune 10 --n-test 20 --lr-grid $(REST_GRID) --baselines adam > $(BENCH_REST_DIR)/convnet-andrychowicz-gac.eval20.json
-	$(REST_TRAIN) $(CONVNET_RANDOM_ARGS) --rule ntm-bfgs --out $(BENCH_REST_DIR)/convnet-ntm-bfgs && $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-ntm-bfgs/best.pt --horizon 20 --n-tune 10 --n-test 20 --lr-grid $(REST_GRID) --baselines adam > $(BENCH_REST_DIR)/convnet-ntm-bfgs.eval20.json
-	for R in andrychowicz-gac ntm-bfgs; do $(REST_TRAIN) $(ART_ARGS) --rule $$R --out $(BENCH_REST_DIR)/art64-$$R && $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/art64-$$R/best.pt --horizon 50 --n-tune 10 --n-test 20 --lr-grid $(REST_GRID) --baselines adam > $(BENCH_REST_DIR)/art64-$$R.eval64.json || exit 1; done
+	$(REST_TRAIN) $(MLP_RANDOM_ARGS) --rule andrychowicz-gac --seed 1 --out $(BENCH_REST_DIR)/mlp-andrychowicz-gac && for H in 100 200; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-andrychowicz-gac/best.pt --horizon $$H $(MLP_EVAL_ARGS) --baselines adam > $(BENCH_REST_DIR)/mlp-andrychowicz-gac.eval$$H.json || exit 1; done
+	$(REST_TRAIN) $(MLP_RANDOM_ARGS) --rule ntm-bfgs --out $(BENCH_REST_DIR)/mlp-ntm-bfgs && for H in 100 200; do $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/mlp-ntm-bfgs/best.pt --horizon $$H $(MLP_EVAL_ARGS) --baselines adam > $(BENCH_REST_DIR)/mlp-ntm-bfgs.eval$$H.json || exit 1; done
+	$(REST_TRAIN) $(CONVNET_RANDOM_ARGS) --rule andrychowicz-gac --seed 1 --out $(BENCH_REST_DIR)/convnet-andrychowicz-gac && $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-andrychowicz-gac/best.pt --horizon 20 $(COSTLY_EVAL_ARGS) --baselines adam > $(BENCH_REST_DIR)/convnet-andrychowicz-gac.eval20.json
+	$(REST_TRAIN) $(CONVNET_RANDOM_ARGS) --rule ntm-bfgs --out $(BENCH_REST_DIR)/convnet-ntm-bfgs && $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/convnet-ntm-bfgs/best.pt --horizon 20 $(COSTLY_EVAL_ARGS) --baselines adam > $(BENCH_REST_DIR)/convnet-ntm-bfgs.eval20.json
+	for R in andrychowicz-gac ntm-bfgs; do $(REST_TRAIN) $(ART_ARGS) --rule $$R --out $(BENCH_REST_DIR)/art64-$$R && $(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/art64-$$R/best.pt --horizon 50 $(COSTLY_EVAL_ARGS) --baselines adam > $(BENCH_REST_DIR)/art64-$$R.eval64.json || exit 1; done
 
 bench-neural-art: setup
 	$(REST_TRAIN) $(ART_ARGS) --out $(BENCH_REST_DIR)/art64-andrychowicz
-	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/art64-andrychowicz/best.pt --horizon 50 --n-tune 10 --n-test 20 --lr-grid $(REST_GRID) > $(BENCH_REST_DIR)/art64-andrychowicz.eval64.json
-	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/art64-andrychowicz/best.pt --horizon 50 --image-size 128 --n-tune 5 --n-test 10 --lr-grid $(REST_GRID) > $(BENCH_REST_DIR)/art64-andrychowicz.eval128.json
+	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/art64-andrychowicz/best.pt --horizon 50 $(COSTLY_EVAL_ARGS) > $(BENCH_REST_DIR)/art64-andrychowicz.eval64.json
+	$(REST_EVAL) --checkpoint $(BENCH_REST_DIR)/art64-andrychowicz/best.pt --horizon 50 --image-size 128 --n-tune 5 --n-test 10 --lr-grid $(OPT_LR_GRID) > $(BENCH_REST_DIR)/art64-andrychowicz.eval128.json
