@@ -73,14 +73,29 @@ def seed_int(value: str) -> int:
     return number
 
 
-def positive_float(value: str) -> float:
-    """An argument type: a finite number ``> 0`` (``nan``, ``inf`` and ``1e999`` are refused)."""
+def _parse_finite(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """An argument type: a finite number ``> 0`` (``nan``, ``inf`` and ``1e999`` are refused)."""
+    number = _parse_finite(value)
+    if number <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value!r}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    """An argument type: a finite number ``>= 0``."""
+    number = _parse_finite(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
     return number
 
 

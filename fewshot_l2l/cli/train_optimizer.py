@@ -14,7 +14,8 @@ from ..optim.rules import GAC_SCOPES, RULES
 from ..optim.training import HORIZON_SCHEDULES, OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
 from ..utils import resolve_device, seed_everything
 from .evaluate_optimizer import ART_OPTIONS, add_art_options, problem_options
-from .args import DEVICE_HELP, command, device_arg, new_parser, non_negative_int, positive_float, positive_int, seed_int
+from .args import (DEVICE_HELP, command, device_arg, new_parser, non_negative_float, non_negative_int, positive_float,
+                   positive_int, seed_int)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, argparse.Namespace]:
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, arg
     parser.add_argument("--meta-batch", type=positive_int, default=None, help="problems per iteration (default: 128 quadratic, 1 mlp / convnet)")
     parser.add_argument("--iterations", type=positive_int, default=defaults.iterations, help="problem batches in total")
     parser.add_argument("--max-minutes", type=positive_float, default=None, help="also stop after this many minutes")
+    parser.add_argument("--step-weights", type=non_negative_float, nargs="+", default=(), metavar="W",
+                        help="meta-loss weights w_1 w_2 ... of the first steps (the meta-loss is sum_t w_t f(theta_t)); "
+                             "later steps weigh 1, as every step does by default (the paper's choice)")
     parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="Adam meta-learning rate")
     parser.add_argument("--grad-clip", type=positive_float, default=None, help="meta-gradient norm clip (default: off)")
     parser.add_argument("--val-every", type=positive_int, default=defaults.val_every, help="iterations between validations")

@@ -4,9 +4,10 @@ Each iteration draws ``meta_batch`` fresh problems, starts them at their
 ``theta_0`` and runs the rule for ``horizon`` steps, cut into unrolls of
 ``unroll`` steps. After each unroll the meta-loss
 
-    L(phi) = mean over problems of sum_{t in unroll} f(theta_t)
+    L(phi) = mean over problems of sum_{t in unroll} w_t f(theta_t)
 
-(``theta_t`` is produced by the rule with weights ``phi``) is backpropagated
+(``theta_t`` is produced by the rule with weights ``phi``; ``w_t`` the paper's step
+weights, ``step_weights`` for the first steps and 1 after, the paper's choice) is backpropagated
 through the unroll, Adam updates ``phi``, and ``theta`` and the rule's state
 are carried into the next unroll, detached. With ``horizon_schedule`` ``random``
 or ``curriculum`` the horizon changes per iteration (see :func:`iteration_horizon`),
@@ -15,7 +16,7 @@ gradient fed to the rule is a constant for the meta-gradient (no second
 derivatives of ``f``); the path ``phi -> theta_t -> f(theta_t)`` is exact.
 
 ``RUN_DIR`` (:class:`fewshot_l2l.runs.RunFolder`) receives ``init.pt``, ``last.pt`` (every validation;
-``resume`` continues it), ``best.pt`` (lowest validation sum of losses on ``tune`` problems) and
+``resume`` continues it), ``best.pt`` (lowest validation meta-loss, the ``w_t``-weighted sum of losses, on ``tune`` problems) and
 ``metrics.csv``, all written atomically. As in the few-shot loop, the run holds the folder's lock,
 skips (and counts) meta-updates with a non-finite meta-loss or meta-gradient, stopping after
 ``max_nonfinite`` in a row, and on SIGTERM / SIGINT saves ``last.pt`` after the current iteration
@@ -46,7 +47,10 @@ PROBLEM_DEFAULTS = {"quadratic": {"meta_batch": 128, "val_problems": 100}, "mlp"
 HORIZON_SCHEDULES = ("fixed", "random", "curriculum")
 DEFAULT_GAC_CELLS = 5  # of the 20 units per layer: our choice, the paper gives no number
 # skipped_updates: meta-updates (unrolls) of the interval skipped for a non-finite meta-loss or meta-gradient.
-METRICS_COLUMNS = ("iteration", "train_meta_loss", "val_final_loss", "val_sum_loss", "elapsed_s", "skipped_updates")
+# val_meta_loss: the validation sum of losses weighted by the step weights (= val_sum_loss with the default weights of 1);
+# best.pt is the checkpoint with the lowest val_meta_loss.
+METRICS_COLUMNS = ("iteration", "train_meta_loss", "val_final_loss", "val_sum_loss", "val_meta_loss", "elapsed_s",
+                   "skipped_updates")
 
 
 # Settings that may differ when a run is resumed; lr too: a resumed run may start a lower-rate phase.
@@ -75,6 +79,7 @@ class OptimizerTrainConfig:
     meta_batch: int | None = None  # problems per iteration; None: PROBLEM_DEFAULTS
     iterations: int = 500  # problem batches, each run for the whole horizon
     max_minutes: float | None = None  # also stop (after validating and checkpointing) after this much time
+    step_weights: tuple[float, ...] = ()  # w_1, w_2, ... of the meta-loss sum_t w_t f(theta_t); later steps weigh 1
     lr: float = 3e-3  # Adam meta-learning rate
     grad_clip: float | None = None  # global norm clip of the meta-gradient (None: off)
     val_every: int = 50  # iterations between validations
@@ -119,6 +124,11 @@ class OptimizerTrainConfig:
         for name in ("horizon", "max_horizon"):
             if getattr(self, name) % self.unroll:
                 raise ValueError(f"OptimizerTrainConfig: {name} ({getattr(self, name)}) must be a multiple of unroll ({self.unroll})")
+        self.step_weights = tuple(self.step_weights)
+        if len(self.step_weights) > self.max_horizon or not all(
+                isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.step_weights):
+            raise ValueError(f"OptimizerTrainConfig: step_weights must be at most max_horizon ({self.max_horizon}) "
+                             f"non-negative finite numbers, got {self.step_weights}")
         if self.max_horizon < self.horizon or (self.horizon_schedule == "fixed" and self.max_horizon != self.horizon):
             raise ValueError(f"OptimizerTrainConfig: max_horizon ({self.max_horizon}) must be >= horizon ({self.horizon}), "
                              f"and only random / curriculum horizon schedules use it")
@@ -177,6 +187,14 @@ def iteration_horizon(config: OptimizerTrainConfig, iteration: int) -> int:
     return config.horizon
 
 
+def step_weights(config: OptimizerTrainConfig, steps: int) -> torch.Tensor:
+    """The meta-loss weights ``w_1 .. w_steps`` (float64): ``config.step_weights``, then 1 for every later step."""
+    weights = torch.ones(steps, dtype=torch.float64)
+    given = config.step_weights[:steps]
+    weights[:len(given)] = torch.tensor(given, dtype=torch.float64)
+    return weights
+
+
 def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UpdateRule, OptimizerTrainConfig, dict]:
     """``(rule, config, raw checkpoint)`` from a ``.pt`` file written by :func:`train_optimizer`.
 
@@ -195,12 +213,14 @@ def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -
     return rule.to(device), config, checkpoint
 
 
-def unrolled_meta_loss(rule: UpdateRule, problems, theta: torch.Tensor, state: tuple, start: int, unroll: int):
+def unrolled_meta_loss(rule: UpdateRule, problems, theta: torch.Tensor, state: tuple, start: int, unroll: int,
+                       weights: torch.Tensor | None = None):
     """Run ``unroll`` steps from ``theta`` (detached) at step ``start``; return ``(meta_loss, theta, state)``.
 
-    ``meta_loss`` is the mean over problems of ``sum f(theta_t)`` over the
-    ``unroll`` new iterates, differentiable in the rule's weights; the returned
-    ``theta`` and ``state`` still carry the graph (detach before the next unroll).
+    ``meta_loss`` is the mean over problems of ``sum w_t f(theta_t)`` over the
+    ``unroll`` new iterates (``weights``: ``w`` of these ``unroll`` steps; ``None``: all 1),
+    differentiable in the rule's weights; the returned ``theta`` and ``state``
+    still carry the graph (detach before the next unroll).
     """
     theta = theta.detach().requires_grad_()
     loss = problems.loss(theta, start)
@@ -210,13 +230,17 @@ def unrolled_meta_loss(rule: UpdateRule, problems, theta: torch.Tensor, state: t
         (grad,) = torch.autograd.grad(loss.sum(), theta, retain_graph=True)
         theta, state = rule(theta, grad, loss.detach(), state, layout=getattr(problems, "layout", None))
         loss = problems.loss(theta, start + offset)
-        meta_loss = meta_loss + loss.mean()
+        meta_loss = meta_loss + (loss.mean() if weights is None else float(weights[offset - 1]) * loss.mean())
     return meta_loss, theta, state
 
 
-def validate(rule: UpdateRule, val_problems, horizon: int) -> tuple[float, float]:
-    """``(mean final loss, mean sum of losses)`` of ``rule`` on ``val_problems`` over ``horizon`` steps."""
-    return curve_metrics(rule_curve(rule, val_problems, horizon))
+def validate(rule: UpdateRule, val_problems, horizon: int, weights: torch.Tensor) -> tuple[float, float, float]:
+    """``(mean final loss, mean sum of losses, mean sum of w_t f(theta_t))`` of ``rule`` on ``val_problems`` over
+    ``horizon`` steps (``weights``: ``w_1 .. w_horizon``)."""
+    curve = rule_curve(rule, val_problems, horizon)
+    final, total = curve_metrics(curve)
+    weighted = float(weights @ curve[1:].double().mean(1).cpu())
+    return final, total, weighted if math.isfinite(weighted) else math.inf
 
 
 def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict:
@@ -238,6 +262,7 @@ def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: Ru
     meta_optimizer = torch.optim.Adam([p for p in rule.parameters() if p.requires_grad], lr=config.lr)
     val_problems = distribution.sample(config.val_problems, config.seed, split="tune")
     val_horizon = config.max_horizon  # = horizon unless a schedule trains on longer ones: select for those too
+    weights = step_weights(config, config.max_horizon)
     interval_loss, interval_count = 0.0, 0
 
     def checkpoint(state: dict) -> dict:
@@ -280,7 +305,8 @@ def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: Ru
         theta = problems.initial_theta()
         rule_state = rule.initial_state(theta)
         for start in range(0, iteration_horizon(config, state["iteration"]), config.unroll):
-            meta_loss, theta, rule_state = unrolled_meta_loss(rule, problems, theta, rule_state, start, config.unroll)
+            meta_loss, theta, rule_state = unrolled_meta_loss(rule, problems, theta, rule_state, start, config.unroll,
+                                                              weights[start:start + config.unroll])
             stepped = meta_update(rule, meta_optimizer, meta_loss, config.grad_clip)
             guard.record(stepped, f"iteration {state['iteration'] + 1}", hint)
             if not stepped:  # the iterates diverged: the rest of this batch's horizon would only repeat it
@@ -295,19 +321,20 @@ def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: Ru
 
         out_of_time = clock.out_of_time()
         if state["iteration"] % config.val_every == 0 or state["iteration"] == config.iterations or out_of_time:
-            val_final, val_sum = validate(rule, val_problems, val_horizon)
+            val_final, val_sum, val_meta = validate(rule, val_problems, val_horizon, weights)
             state["elapsed_s"] = clock.elapsed_s
             train_meta_loss = interval_loss / interval_count if interval_count else math.nan
             skipped_updates = guard.take_interval()
             run.log(iteration=state["iteration"], train_meta_loss=train_meta_loss, val_final_loss=val_final,
-                    val_sum_loss=val_sum, elapsed_s=state["elapsed_s"], skipped_updates=skipped_updates)
+                    val_sum_loss=val_sum, val_meta_loss=val_meta, elapsed_s=state["elapsed_s"], skipped_updates=skipped_updates)
             skipped_note = f", {skipped_updates} meta-updates skipped (non-finite)" if skipped_updates else ""
+            weighted = f", weighted {val_meta:.4g}" if config.step_weights else ""
             bar.write(f"iteration {state['iteration']}: train meta-loss/step {train_meta_loss:.4g}, "
-                      f"val final loss {val_final:.4g}, val sum of losses {val_sum:.4g}{skipped_note}")
+                      f"val final loss {val_final:.4g}, val sum of losses {val_sum:.4g}{weighted}{skipped_note}")
             interval_loss, interval_count = 0.0, 0
-            improved = val_sum < state["best_val_sum_loss"]
+            improved = val_meta < state["best_val_sum_loss"]
             if improved:
-                state["best_val_sum_loss"] = val_sum
+                state["best_val_sum_loss"] = val_meta
             run.save(checkpoint(state), improved, state["iteration"])
     bar.close()
     run.save_best_if_missing(checkpoint(state), state["iteration"])  # every validation diverged: evaluation can still run

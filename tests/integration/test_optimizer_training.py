@@ -1,5 +1,6 @@
 """Meta-training (truncated BPTT) and the baseline comparison, on tiny problems; the scripts end to end."""
 
+import csv
 import json
 import math
 import runpy
@@ -12,7 +13,7 @@ import torch
 from fewshot_l2l.optim.problems import QuadraticProblems
 from fewshot_l2l.optim.evaluation import BaselineResult, baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
 from fewshot_l2l.optim.training import (
-    OptimizerTrainConfig, load_rule_checkpoint, train_optimizer, unrolled_meta_loss,
+    OptimizerTrainConfig, load_rule_checkpoint, step_weights, train_optimizer, unrolled_meta_loss, validate,
 )
 from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
 
@@ -54,6 +55,53 @@ def test_meta_gradient_is_the_derivative_with_gradients_held_constant():
             down = frozen_objective()
             param.view(-1)[0] += eps
         assert param.grad.view(-1)[0].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8)
+
+
+def test_step_weights_weigh_each_steps_mean_loss():
+    """The meta-loss sum_t w_t mean f(theta_t) of an unroll starting at step 2, against the losses of a plain run."""
+    torch.manual_seed(0)
+    rule = AndrychowiczRule(hidden_size=3).double()
+    problems = QuadraticProblems(dim=4, init_std=1.0).sample(2, seed=0)
+    problems.weight, problems.target, problems.theta0 = problems.weight.double(), problems.target.double(), problems.theta0.double()
+    theta0 = problems.initial_theta()
+    _, theta2, state2 = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 2)
+    weights = torch.tensor([2.0, 0.0, 0.5], dtype=torch.float64)
+    weighted, _, _ = unrolled_meta_loss(rule, problems, theta2, state2, 2, 3, weights)
+    losses, theta, state = [], theta2.detach(), tuple(s.detach() for s in state2)
+    for _ in range(3):
+        point = theta.requires_grad_()
+        (grad,) = torch.autograd.grad(problems.loss(point, 0).sum(), point)
+        with torch.no_grad():
+            theta, state = rule(point, grad, None, state)
+        losses.append(problems.loss(theta, 0).mean().item())
+    assert weighted.item() == pytest.approx(2.0 * losses[0] + 0.5 * losses[2], rel=1e-10)
+    plain, _, _ = unrolled_meta_loss(rule, problems, theta2, state2, 2, 3)
+    assert plain.item() == pytest.approx(sum(losses), rel=1e-10)
+
+
+def test_step_weights_default_to_one_after_the_given_ones():
+    assert step_weights(OptimizerTrainConfig(horizon=5, unroll=5, step_weights=[3, 0.5]), 5).tolist() == [3, 0.5, 1, 1, 1]
+    assert step_weights(OptimizerTrainConfig(horizon=4, unroll=2), 4).tolist() == [1, 1, 1, 1]
+    for bad in ([-1.0], [math.nan], [1.0] * 5, ["2"]):
+        with pytest.raises(ValueError, match=r"step_weights must be at most max_horizon \(4\)"):
+            OptimizerTrainConfig(horizon=4, unroll=2, step_weights=bad)
+
+
+def test_best_checkpoint_is_chosen_by_the_weighted_validation_loss(tmp_path):
+    config = OptimizerTrainConfig(hidden_size=4, horizon=10, unroll=5, meta_batch=8, iterations=6, lr=3e-2, val_every=1,
+                                  val_problems=8, step_weights=(50.0, 20.0), device="cpu", out=str(tmp_path / "run"))
+    summary = train_optimizer(config, progress=False)
+    with open(tmp_path / "run" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    best_row = min(rows, key=lambda row: float(row["val_meta_loss"]))
+    assert summary["best_val_sum_loss"] == pytest.approx(float(best_row["val_meta_loss"]))
+    best, _, saved = load_rule_checkpoint(tmp_path / "run" / "best.pt")
+    assert saved["progress"]["iteration"] == int(best_row["iteration"])
+    val = QuadraticProblems().sample(8, seed=0, split="tune")
+    final, total, weighted = validate(best, val, 10, step_weights(config, 10))
+    curve = rule_curve(best, val, 10).double().mean(1)
+    assert weighted == pytest.approx(total + 49 * curve[1].item() + 19 * curve[2].item(), rel=1e-5)
+    assert (float(best_row["val_sum_loss"]), float(best_row["val_meta_loss"])) == pytest.approx((total, weighted), rel=1e-5)
 
 
 def test_meta_training_lowers_the_meta_loss_on_a_fixed_batch():
