@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, arg
     parser.add_argument("--step-weights", type=non_negative_float, nargs="+", default=(), metavar="W",
                         help="meta-loss weights w_1 w_2 ... of the first steps (the meta-loss is sum_t w_t f(theta_t)); "
                              "later steps weigh 1, as every step does by default (the paper's choice)")
+    parser.add_argument("--loss-scale-range", type=positive_float, default=defaults.loss_scale_range, metavar="R",
+                        help="the rule meta-trains on s f, s log-uniform in [1/R, R] per problem, so that it adapts to the "
+                             "scale of the objective (default 1: off)")
     parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="Adam meta-learning rate")
     parser.add_argument("--grad-clip", type=positive_float, default=None, help="meta-gradient norm clip (default: off)")
     parser.add_argument("--val-every", type=positive_int, default=defaults.val_every, help="iterations between validations")

@@ -11,7 +11,9 @@ weights, ``step_weights`` for the first steps and 1 after, the paper's choice) i
 through the unroll, Adam updates ``phi``, and ``theta`` and the rule's state
 are carried into the next unroll, detached. With ``horizon_schedule`` ``random``
 or ``curriculum`` the horizon changes per iteration (see :func:`iteration_horizon`),
-so that the rule sees more steps than the horizon it is evaluated at. As in Andrychowicz et al., the
+so that the rule sees more steps than the horizon it is evaluated at. With ``loss_scale_range`` ``R``
+the rule optimizes ``s f`` instead of ``f``, ``s`` drawn per problem log-uniformly in ``[1/R, R]``
+(see :func:`iteration_loss_scales`), while the meta-loss stays that of ``f``. As in Andrychowicz et al., the
 gradient fed to the rule is a constant for the meta-gradient (no second
 derivatives of ``f``); the path ``phi -> theta_t -> f(theta_t)`` is exact.
 
@@ -80,6 +82,7 @@ class OptimizerTrainConfig:
     iterations: int = 500  # problem batches, each run for the whole horizon
     max_minutes: float | None = None  # also stop (after validating and checkpointing) after this much time
     step_weights: tuple[float, ...] = ()  # w_1, w_2, ... of the meta-loss sum_t w_t f(theta_t); later steps weigh 1
+    loss_scale_range: float = 1.0  # R: the rule sees s f, s log-uniform in [1/R, R] per problem (1: off)
     lr: float = 3e-3  # Adam meta-learning rate
     grad_clip: float | None = None  # global norm clip of the meta-gradient (None: off)
     val_every: int = 50  # iterations between validations
@@ -124,6 +127,10 @@ class OptimizerTrainConfig:
         for name in ("horizon", "max_horizon"):
             if getattr(self, name) % self.unroll:
                 raise ValueError(f"OptimizerTrainConfig: {name} ({getattr(self, name)}) must be a multiple of unroll ({self.unroll})")
+        if not (isinstance(self.loss_scale_range, (int, float)) and math.isfinite(self.loss_scale_range)
+                and self.loss_scale_range >= 1):
+            raise ValueError(f"OptimizerTrainConfig: loss_scale_range must be a finite number >= 1 (1: off), "
+                             f"got {self.loss_scale_range!r}")
         self.step_weights = tuple(self.step_weights)
         if len(self.step_weights) > self.max_horizon or not all(
                 isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.step_weights):
@@ -195,6 +202,22 @@ def step_weights(config: OptimizerTrainConfig, steps: int) -> torch.Tensor:
     return weights
 
 
+def iteration_loss_scales(config: OptimizerTrainConfig, iteration: int, n_problems: int) -> torch.Tensor | None:
+    """The factors ``s`` ``[n_problems]`` by which the rule sees the objectives of iteration ``iteration``; ``None`` when off.
+
+    Log-uniform in ``[1/R, R]``, ``R = loss_scale_range``, drawn from ``(seed, iteration)`` (a resumed run draws the same).
+    A learned rule reads the gradient's magnitude (``log |g|``), so unlike Adam it is not invariant to the scale of
+    ``f``; a problem at another size (neural art at twice the resolution: gradients 4x smaller per pixel) shifts
+    every input. Random scaling during meta-training teaches it to adapt to the scale, as Lv, Jiang & Li (2017,
+    "Learning gradient descent: better generalization and longer horizons", ICML) do by scaling the parameters.
+    """
+    if config.loss_scale_range == 1:
+        return None
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration + 11)
+    exponents = 2 * torch.rand(n_problems, generator=gen, dtype=torch.float64) - 1
+    return torch.tensor(config.loss_scale_range, dtype=torch.float64).pow(exponents)
+
+
 def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UpdateRule, OptimizerTrainConfig, dict]:
     """``(rule, config, raw checkpoint)`` from a ``.pt`` file written by :func:`train_optimizer`.
 
@@ -214,21 +237,24 @@ def load_rule_checkpoint(path: str | Path, device: str | torch.device = "cpu") -
 
 
 def unrolled_meta_loss(rule: UpdateRule, problems, theta: torch.Tensor, state: tuple, start: int, unroll: int,
-                       weights: torch.Tensor | None = None):
+                       weights: torch.Tensor | None = None, loss_scales: torch.Tensor | None = None):
     """Run ``unroll`` steps from ``theta`` (detached) at step ``start``; return ``(meta_loss, theta, state)``.
 
     ``meta_loss`` is the mean over problems of ``sum w_t f(theta_t)`` over the
     ``unroll`` new iterates (``weights``: ``w`` of these ``unroll`` steps; ``None``: all 1),
     differentiable in the rule's weights; the returned ``theta`` and ``state``
-    still carry the graph (detach before the next unroll).
+    still carry the graph (detach before the next unroll). ``loss_scales`` ``[n]``: the
+    rule is given the gradient and loss of ``s f`` (``None``: of ``f``).
     """
     theta = theta.detach().requires_grad_()
     loss = problems.loss(theta, start)
+    scales = None if loss_scales is None else loss_scales.to(loss)
     meta_loss = theta.new_zeros(())
     for offset in range(1, unroll + 1):
+        seen = loss if scales is None else scales * loss
         # The gradient is a constant input of the rule (no create_graph): first-order, as in the paper.
-        (grad,) = torch.autograd.grad(loss.sum(), theta, retain_graph=True)
-        theta, state = rule(theta, grad, loss.detach(), state, layout=getattr(problems, "layout", None))
+        (grad,) = torch.autograd.grad(seen.sum(), theta, retain_graph=True)
+        theta, state = rule(theta, grad, seen.detach(), state, layout=getattr(problems, "layout", None))
         loss = problems.loss(theta, start + offset)
         meta_loss = meta_loss + (loss.mean() if weights is None else float(weights[offset - 1]) * loss.mean())
     return meta_loss, theta, state
@@ -304,9 +330,10 @@ def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: Ru
         problems = distribution.sample(config.meta_batch, config.seed * 1_000_003 + state["iteration"], split="train")
         theta = problems.initial_theta()
         rule_state = rule.initial_state(theta)
+        loss_scales = iteration_loss_scales(config, state["iteration"], config.meta_batch)
         for start in range(0, iteration_horizon(config, state["iteration"]), config.unroll):
             meta_loss, theta, rule_state = unrolled_meta_loss(rule, problems, theta, rule_state, start, config.unroll,
-                                                              weights[start:start + config.unroll])
+                                                              weights[start:start + config.unroll], loss_scales)
             stepped = meta_update(rule, meta_optimizer, meta_loss, config.grad_clip)
             guard.record(stepped, f"iteration {state['iteration'] + 1}", hint)
             if not stepped:  # the iterates diverged: the rest of this batch's horizon would only repeat it

@@ -327,6 +327,7 @@ TRAIN_OPTIMIZER = {
     "--max-minutes": v(["0.5"], BAD_FLOAT),
     "--lr": v(["0.001", "0.1"], BAD_FLOAT),
     "--step-weights": v(["0", "3"], ["-1", "nan", "inf", "three", ""]),
+    "--loss-scale-range": v(["1", "4"], ["0.5", *BAD_FLOAT]),
     "--grad-clip": v(["1"], BAD_FLOAT),
     "--val-every": v(["1", "2"], BAD_INT),
     "--val-problems": v(["1", "2"], BAD_INT),

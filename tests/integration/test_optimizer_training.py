@@ -13,7 +13,8 @@ import torch
 from fewshot_l2l.optim.problems import QuadraticProblems
 from fewshot_l2l.optim.evaluation import BaselineResult, baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
 from fewshot_l2l.optim.training import (
-    OptimizerTrainConfig, load_rule_checkpoint, step_weights, train_optimizer, unrolled_meta_loss, validate,
+    OptimizerTrainConfig, iteration_loss_scales, load_rule_checkpoint, step_weights, train_optimizer, unrolled_meta_loss,
+    validate,
 )
 from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
 
@@ -77,6 +78,40 @@ def test_step_weights_weigh_each_steps_mean_loss():
     assert weighted.item() == pytest.approx(2.0 * losses[0] + 0.5 * losses[2], rel=1e-10)
     plain, _, _ = unrolled_meta_loss(rule, problems, theta2, state2, 2, 3)
     assert plain.item() == pytest.approx(sum(losses), rel=1e-10)
+
+
+def test_loss_scales_change_what_the_rule_sees_not_the_meta_loss():
+    """With scales s the rule steps on the gradient and loss of s f; the meta-loss is still the sum of the mean f."""
+    torch.manual_seed(0)
+    rule = AndrychowiczRule(hidden_size=3).double()
+    problems = QuadraticProblems(dim=4, init_std=1.0).sample(2, seed=0)
+    problems.weight, problems.target, problems.theta0 = problems.weight.double(), problems.target.double(), problems.theta0.double()
+    theta0 = problems.initial_theta()
+    scales = torch.tensor([4.0, 0.25], dtype=torch.float64)
+    meta_loss, _, _ = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 3, loss_scales=scales)
+    losses, theta, state = [], theta0.clone(), rule.initial_state(theta0)
+    for _ in range(3):
+        point = theta.requires_grad_()
+        (grad,) = torch.autograd.grad((scales * problems.loss(point, 0)).sum(), point)
+        with torch.no_grad():
+            theta, state = rule(point, grad, None, state)
+        losses.append(problems.loss(theta, 0).mean().item())
+    assert meta_loss.item() == pytest.approx(sum(losses), rel=1e-10)
+    unscaled, _, _ = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 3)
+    assert abs(unscaled.item() - meta_loss.item()) > 1e-6  # the scales did change the iterates
+
+
+def test_loss_scales_are_log_uniform_and_reproducible():
+    config = OptimizerTrainConfig(loss_scale_range=10.0)
+    scales = iteration_loss_scales(config, 3, 4000)
+    assert scales.shape == (4000,) and 0.1 <= scales.min() and scales.max() <= 10.0
+    assert abs(scales.log10().mean().item()) < 0.03 and scales.log10().std().item() == pytest.approx(1 / 3 ** 0.5, rel=0.05)
+    assert torch.equal(scales, iteration_loss_scales(config, 3, 4000))
+    assert not torch.equal(scales, iteration_loss_scales(config, 4, 4000))
+    assert iteration_loss_scales(OptimizerTrainConfig(), 3, 4) is None
+    for bad in (0.5, math.nan, math.inf, "4"):
+        with pytest.raises(ValueError, match="loss_scale_range must be a finite number >= 1"):
+            OptimizerTrainConfig(loss_scale_range=bad)
 
 
 def test_step_weights_default_to_one_after_the_given_ones():
