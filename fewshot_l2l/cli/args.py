@@ -91,6 +91,14 @@ def positive_float(value: str) -> float:
     return number
 
 
+def float_at_least_one(value: str) -> float:
+    """An argument type: a finite number ``>= 1``."""
+    number = _parse_finite(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {value!r}")
+    return number
+
+
 def non_negative_float(value: str) -> float:
     """An argument type: a finite number ``>= 0``."""
     number = _parse_finite(value)

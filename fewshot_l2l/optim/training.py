@@ -7,7 +7,8 @@ Each iteration draws ``meta_batch`` fresh problems, starts them at their
     L(phi) = mean over problems of sum_{t in unroll} w_t f(theta_t)
 
 (``theta_t`` is produced by the rule with weights ``phi``; ``w_t`` the paper's step
-weights, ``step_weights`` for the first steps and 1 after, the paper's choice) is backpropagated
+weights: ``step_weights`` for the first steps, 1 for the others; by default ``w_t = 1``
+throughout, the paper's choice) is backpropagated
 through the unroll, Adam updates ``phi``, and ``theta`` and the rule's state
 are carried into the next unroll, detached. With ``horizon_schedule`` ``random``
 or ``curriculum`` the horizon changes per iteration (see :func:`iteration_horizon`),
@@ -49,8 +50,9 @@ PROBLEM_DEFAULTS = {"quadratic": {"meta_batch": 128, "val_problems": 100}, "mlp"
 HORIZON_SCHEDULES = ("fixed", "random", "curriculum")
 DEFAULT_GAC_CELLS = 5  # of the 20 units per layer: our choice, the paper gives no number
 # skipped_updates: meta-updates (unrolls) of the interval skipped for a non-finite meta-loss or meta-gradient.
-# val_meta_loss: the validation sum of losses weighted by the step weights (= val_sum_loss with the default weights of 1);
-# best.pt is the checkpoint with the lowest val_meta_loss.
+# train_meta_loss: the meta-loss per step, weighted by the step weights like val_meta_loss, the validation sum of losses
+# weighted by them (both unweighted with the default weights of 1); best.pt is the checkpoint with the lowest
+# val_meta_loss, which the state and summary call best_val_sum_loss (the name of checkpoints before the weights).
 METRICS_COLUMNS = ("iteration", "train_meta_loss", "val_final_loss", "val_sum_loss", "val_meta_loss", "elapsed_s",
                    "skipped_updates")
 
@@ -127,15 +129,18 @@ class OptimizerTrainConfig:
         for name in ("horizon", "max_horizon"):
             if getattr(self, name) % self.unroll:
                 raise ValueError(f"OptimizerTrainConfig: {name} ({getattr(self, name)}) must be a multiple of unroll ({self.unroll})")
-        if not (isinstance(self.loss_scale_range, (int, float)) and math.isfinite(self.loss_scale_range)
+        if not (isinstance(self.loss_scale_range, (int, float)) and not isinstance(self.loss_scale_range, bool)
+                and math.isfinite(self.loss_scale_range)
                 and self.loss_scale_range >= 1):
             raise ValueError(f"OptimizerTrainConfig: loss_scale_range must be a finite number >= 1 (1: off), "
                              f"got {self.loss_scale_range!r}")
-        self.step_weights = tuple(self.step_weights)
-        if len(self.step_weights) > self.max_horizon or not all(
-                isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.step_weights):
+        weights_ok = isinstance(self.step_weights, (list, tuple)) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in self.step_weights)
+        if not weights_ok or len(self.step_weights) > self.max_horizon:
+            got = f"{len(self.step_weights)} weights" if weights_ok else repr(self.step_weights)
             raise ValueError(f"OptimizerTrainConfig: step_weights must be at most max_horizon ({self.max_horizon}) "
-                             f"non-negative finite numbers, got {self.step_weights}")
+                             f"non-negative finite numbers, got {got}")
+        self.step_weights = tuple(self.step_weights)
         if self.max_horizon < self.horizon or (self.horizon_schedule == "fixed" and self.max_horizon != self.horizon):
             raise ValueError(f"OptimizerTrainConfig: max_horizon ({self.max_horizon}) must be >= horizon ({self.horizon}), "
                              f"and only random / curriculum horizon schedules use it")
@@ -213,7 +218,9 @@ def iteration_loss_scales(config: OptimizerTrainConfig, iteration: int, n_proble
     """
     if config.loss_scale_range == 1:
         return None
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration + 11)
+    # Offset 2**62: disjoint from every problem seed (split * 1_000_000_007 + seed * 1_000_003 + iteration) and from
+    # iteration_horizon's, so the scales are independent of the problems they scale.
+    gen = torch.Generator().manual_seed(2**62 + config.seed * 1_000_003 + iteration)
     exponents = 2 * torch.rand(n_problems, generator=gen, dtype=torch.float64) - 1
     return torch.tensor(config.loss_scale_range, dtype=torch.float64).pow(exponents)
 

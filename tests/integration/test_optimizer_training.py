@@ -21,12 +21,32 @@ from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_meta_gradient_is_the_derivative_with_gradients_held_constant():
-    """First-order truncated BPTT: d/dphi sum_t f(theta_t(phi)), with the gradients fed to the rule fixed."""
+def _double_rule_and_quadratics():
+    """A small rule and two quadratics in float64, for comparisons with hand-run loops at tight tolerance."""
     torch.manual_seed(0)
     rule = AndrychowiczRule(hidden_size=3).double()
     problems = QuadraticProblems(dim=4, init_std=1.0).sample(2, seed=0)
     problems.weight, problems.target, problems.theta0 = problems.weight.double(), problems.target.double(), problems.theta0.double()
+    return rule, problems
+
+
+def _hand_run(rule, problems, theta, state, steps, scales=None):
+    """``steps`` steps of ``rule`` with the gradient and loss of ``scales * f``; ``(mean f after each step, losses given)``."""
+    losses, given = [], []
+    for _ in range(steps):
+        point = theta.detach().requires_grad_()
+        seen = problems.loss(point, 0) * (1.0 if scales is None else scales)
+        (grad,) = torch.autograd.grad(seen.sum(), point)
+        given.append(seen.detach())
+        with torch.no_grad():
+            theta, state = rule(point, grad, seen.detach(), state)
+        losses.append(problems.loss(theta, 0).mean().item())
+    return losses, given
+
+
+def test_meta_gradient_is_the_derivative_with_gradients_held_constant():
+    """First-order truncated BPTT: d/dphi sum_t f(theta_t(phi)), with the gradients fed to the rule fixed."""
+    rule, problems = _double_rule_and_quadratics()
     theta0 = problems.initial_theta()
     meta_loss, _, _ = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 3)
     meta_loss.backward()
@@ -60,45 +80,56 @@ def test_meta_gradient_is_the_derivative_with_gradients_held_constant():
 
 def test_step_weights_weigh_each_steps_mean_loss():
     """The meta-loss sum_t w_t mean f(theta_t) of an unroll starting at step 2, against the losses of a plain run."""
-    torch.manual_seed(0)
-    rule = AndrychowiczRule(hidden_size=3).double()
-    problems = QuadraticProblems(dim=4, init_std=1.0).sample(2, seed=0)
-    problems.weight, problems.target, problems.theta0 = problems.weight.double(), problems.target.double(), problems.theta0.double()
+    rule, problems = _double_rule_and_quadratics()
     theta0 = problems.initial_theta()
     _, theta2, state2 = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 2)
     weights = torch.tensor([2.0, 0.0, 0.5], dtype=torch.float64)
     weighted, _, _ = unrolled_meta_loss(rule, problems, theta2, state2, 2, 3, weights)
-    losses, theta, state = [], theta2.detach(), tuple(s.detach() for s in state2)
-    for _ in range(3):
-        point = theta.requires_grad_()
-        (grad,) = torch.autograd.grad(problems.loss(point, 0).sum(), point)
-        with torch.no_grad():
-            theta, state = rule(point, grad, None, state)
-        losses.append(problems.loss(theta, 0).mean().item())
+    losses, _ = _hand_run(rule, problems, theta2, tuple(s.detach() for s in state2), 3)
     assert weighted.item() == pytest.approx(2.0 * losses[0] + 0.5 * losses[2], rel=1e-10)
     plain, _, _ = unrolled_meta_loss(rule, problems, theta2, state2, 2, 3)
     assert plain.item() == pytest.approx(sum(losses), rel=1e-10)
 
 
 def test_loss_scales_change_what_the_rule_sees_not_the_meta_loss():
-    """With scales s the rule steps on the gradient and loss of s f; the meta-loss is still the sum of the mean f."""
-    torch.manual_seed(0)
-    rule = AndrychowiczRule(hidden_size=3).double()
-    problems = QuadraticProblems(dim=4, init_std=1.0).sample(2, seed=0)
-    problems.weight, problems.target, problems.theta0 = problems.weight.double(), problems.target.double(), problems.theta0.double()
+    """With scales s the rule is given the gradient and the loss of s f; the meta-loss is still the sum of the mean f."""
+    rule, problems = _double_rule_and_quadratics()
     theta0 = problems.initial_theta()
     scales = torch.tensor([4.0, 0.25], dtype=torch.float64)
-    meta_loss, _, _ = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 3, loss_scales=scales)
-    losses, theta, state = [], theta0.clone(), rule.initial_state(theta0)
-    for _ in range(3):
-        point = theta.requires_grad_()
-        (grad,) = torch.autograd.grad((scales * problems.loss(point, 0)).sum(), point)
-        with torch.no_grad():
-            theta, state = rule(point, grad, None, state)
-        losses.append(problems.loss(theta, 0).mean().item())
+    given = []
+
+    def recording_rule(theta, grad, loss, state, layout=None):
+        given.append(loss)
+        return rule(theta, grad, loss, state, layout=layout)
+
+    meta_loss, _, _ = unrolled_meta_loss(recording_rule, problems, theta0, rule.initial_state(theta0), 0, 3, loss_scales=scales)
+    losses, scaled_losses = _hand_run(rule, problems, theta0, rule.initial_state(theta0), 3, scales)
     assert meta_loss.item() == pytest.approx(sum(losses), rel=1e-10)
+    for seen, expected in zip(given, scaled_losses):
+        assert torch.allclose(seen, expected, rtol=1e-10)
     unscaled, _, _ = unrolled_meta_loss(rule, problems, theta0, rule.initial_state(theta0), 0, 3)
     assert abs(unscaled.item() - meta_loss.item()) > 1e-6  # the scales did change the iterates
+
+
+def test_training_passes_each_unroll_its_weights_and_each_iteration_its_scales(tmp_path, monkeypatch):
+    import fewshot_l2l.optim.training as training
+    calls, original = [], training.unrolled_meta_loss
+
+    def recording(rule, problems, theta, state, start, unroll, weights=None, loss_scales=None):
+        calls.append((start, weights.clone(), loss_scales.clone()))
+        return original(rule, problems, theta, state, start, unroll, weights, loss_scales)
+
+    monkeypatch.setattr(training, "unrolled_meta_loss", recording)
+    config = OptimizerTrainConfig(hidden_size=2, horizon=4, unroll=2, horizon_schedule="random", max_horizon=6, meta_batch=3,
+                                  iterations=3, val_every=3, val_problems=2, step_weights=(5.0, 4.0, 3.0),
+                                  loss_scale_range=8.0, device="cpu", out=str(tmp_path / "run"))
+    train_optimizer(config, progress=False)
+    weights = step_weights(config, 6)
+    iterations = [k for k in range(3) for _ in range(0, training.iteration_horizon(config, k), 2)]
+    assert [start for start, _, _ in calls] == [s for k in range(3) for s in range(0, training.iteration_horizon(config, k), 2)]
+    for (start, given, scales), k in zip(calls, iterations):
+        assert given.tolist() == weights[start:start + 2].tolist()
+        assert torch.equal(scales, iteration_loss_scales(config, k, 3))
 
 
 def test_loss_scales_are_log_uniform_and_reproducible():
@@ -109,7 +140,7 @@ def test_loss_scales_are_log_uniform_and_reproducible():
     assert torch.equal(scales, iteration_loss_scales(config, 3, 4000))
     assert not torch.equal(scales, iteration_loss_scales(config, 4, 4000))
     assert iteration_loss_scales(OptimizerTrainConfig(), 3, 4) is None
-    for bad in (0.5, math.nan, math.inf, "4"):
+    for bad in (0.5, math.nan, math.inf, "4", True):
         with pytest.raises(ValueError, match="loss_scale_range must be a finite number >= 1"):
             OptimizerTrainConfig(loss_scale_range=bad)
 
@@ -117,7 +148,7 @@ def test_loss_scales_are_log_uniform_and_reproducible():
 def test_step_weights_default_to_one_after_the_given_ones():
     assert step_weights(OptimizerTrainConfig(horizon=5, unroll=5, step_weights=[3, 0.5]), 5).tolist() == [3, 0.5, 1, 1, 1]
     assert step_weights(OptimizerTrainConfig(horizon=4, unroll=2), 4).tolist() == [1, 1, 1, 1]
-    for bad in ([-1.0], [math.nan], [1.0] * 5, ["2"]):
+    for bad in ([-1.0], [math.nan], [1.0] * 5, ["2"], [True], None):
         with pytest.raises(ValueError, match=r"step_weights must be at most max_horizon \(4\)"):
             OptimizerTrainConfig(horizon=4, unroll=2, step_weights=bad)
 
@@ -190,10 +221,28 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
                     progress=False)  # a second phase with a lower meta-learning rate
     _, _, saved = load_rule_checkpoint(tmp_path / "cut" / "last.pt")
     assert saved["optimizer"]["param_groups"][0]["lr"] == 1e-3 and saved["progress"]["iteration"] == 5
+    # Other step weights or scales would make validation or training incomparable with the stored ones: refused.
+    for changed in ({"step_weights": (2.0,)}, {"loss_scale_range": 4.0}):
+        with pytest.raises(ValueError, match=next(iter(changed))):
+            train_optimizer(OptimizerTrainConfig(iterations=6, out=str(tmp_path / "cut"), resume=True, **{**values, **changed}),
+                            progress=False)
     # A longer horizon would make validation incomparable with the stored best score: refused.
     with pytest.raises(ValueError, match=r"horizon: 10 -> 20"):
         train_optimizer(OptimizerTrainConfig(iterations=6, out=str(tmp_path / "cut"), resume=True,
                                              **{**values, "horizon": 20}), progress=False)
+
+
+def test_resume_with_loss_scales_equals_an_uninterrupted_run(tmp_path):
+    values = dict(hidden_size=4, horizon=10, unroll=5, meta_batch=8, lr=1e-2, val_every=2, val_problems=8, device="cpu",
+                  loss_scale_range=10.0, step_weights=(3.0,))
+    train_optimizer(OptimizerTrainConfig(iterations=4, out=str(tmp_path / "full"), **values), progress=False)
+    train_optimizer(OptimizerTrainConfig(iterations=2, out=str(tmp_path / "cut"), **values), progress=False)
+    train_optimizer(OptimizerTrainConfig(iterations=4, out=str(tmp_path / "cut"), resume=True, **values), progress=False)
+    train_optimizer(OptimizerTrainConfig(iterations=4, out=str(tmp_path / "unscaled"), **{**values, "loss_scale_range": 1.0}),
+                    progress=False)
+    full, resumed, unscaled = (load_rule_checkpoint(tmp_path / name / "last.pt")[0] for name in ("full", "cut", "unscaled"))
+    assert all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(full.parameters(), unscaled.parameters()))
 
 
 def test_init_from_starts_at_another_runs_weights(tmp_path):
