@@ -91,20 +91,19 @@ def positive_float(value: str) -> float:
     return number
 
 
-def float_at_least_one(value: str) -> float:
-    """An argument type: a finite number ``>= 1``."""
-    number = _parse_finite(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {value!r}")
-    return number
+def float_at_least(minimum: float) -> Callable[[str], float]:
+    """An argument type: a finite number ``>= minimum``."""
+    def parse(value: str) -> float:
+        number = _parse_finite(value)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum:g}, got {value!r}")
+        return number
+    parse.__name__ = f"float_at_least_{minimum:g}"
+    return parse
 
 
-def non_negative_float(value: str) -> float:
-    """An argument type: a finite number ``>= 0``."""
-    number = _parse_finite(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
-    return number
+non_negative_float = float_at_least(0.0)
+non_negative_float.__doc__ = "An argument type: a finite number >= 0."
 
 
 def output_file(value: str) -> str:

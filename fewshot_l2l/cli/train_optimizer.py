@@ -14,7 +14,7 @@ from ..optim.rules import GAC_SCOPES, RULES
 from ..optim.training import HORIZON_SCHEDULES, OptimizerTrainConfig, load_rule_checkpoint, train_optimizer
 from ..utils import resolve_device, seed_everything
 from .evaluate_optimizer import ART_OPTIONS, add_art_options, problem_options
-from .args import (DEVICE_HELP, command, device_arg, float_at_least_one, new_parser, non_negative_float, non_negative_int,
+from .args import (DEVICE_HELP, command, device_arg, float_at_least, new_parser, non_negative_float, non_negative_int,
                    positive_float, positive_int, seed_int)
 
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[OptimizerTrainConfig, arg
     parser.add_argument("--step-weights", type=non_negative_float, nargs="+", default=(), metavar="W",
                         help="meta-loss weights w_1 w_2 ... of the first steps (the meta-loss is sum_t w_t f(theta_t)); "
                              "later steps weigh 1, as every step does by default (the paper's choice)")
-    parser.add_argument("--loss-scale-range", type=float_at_least_one, default=defaults.loss_scale_range, metavar="R",
+    parser.add_argument("--loss-scale-range", type=float_at_least(1.0), default=defaults.loss_scale_range, metavar="R",
                         help="the rule meta-trains on s f, s log-uniform in [1/R, R] per problem, so that it adapts to the "
                              "scale of the objective (default 1: off)")
     parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="Adam meta-learning rate")

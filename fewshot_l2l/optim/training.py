@@ -181,6 +181,11 @@ def build_rule_for(config: OptimizerTrainConfig) -> UpdateRule:
         return build_rule(rule_config_for(config))
 
 
+def _iteration_seed(config: OptimizerTrainConfig, iteration: int) -> int:
+    """The seed of iteration ``iteration``'s training problems; horizons and loss scales draw from offsets of it."""
+    return config.seed * 1_000_003 + iteration
+
+
 def iteration_horizon(config: OptimizerTrainConfig, iteration: int) -> int:
     """Steps run on the problems of iteration ``iteration`` (0-based), a multiple of ``unroll``.
 
@@ -191,7 +196,7 @@ def iteration_horizon(config: OptimizerTrainConfig, iteration: int) -> int:
     """
     low, high = config.horizon // config.unroll, config.max_horizon // config.unroll
     if config.horizon_schedule == "random":
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration + 7)
+        gen = torch.Generator().manual_seed(_iteration_seed(config, iteration) + 7)
         return config.unroll * int(torch.randint(low, high + 1, (), generator=gen))
     if config.horizon_schedule == "curriculum":
         fraction = iteration / max(1, config.iterations - 1)
@@ -218,9 +223,9 @@ def iteration_loss_scales(config: OptimizerTrainConfig, iteration: int, n_proble
     """
     if config.loss_scale_range == 1:
         return None
-    # Offset 2**62: disjoint from every problem seed (split * 1_000_000_007 + seed * 1_000_003 + iteration) and from
+    # Offset 2**62: disjoint from every problem seed (split * 1_000_000_007 + _iteration_seed) and from
     # iteration_horizon's, so the scales are independent of the problems they scale.
-    gen = torch.Generator().manual_seed(2**62 + config.seed * 1_000_003 + iteration)
+    gen = torch.Generator().manual_seed(2**62 + _iteration_seed(config, iteration))
     exponents = 2 * torch.rand(n_problems, generator=gen, dtype=torch.float64) - 1
     return torch.tensor(config.loss_scale_range, dtype=torch.float64).pow(exponents)
 
@@ -334,7 +339,7 @@ def _train_optimizer(config: OptimizerTrainConfig, device: torch.device, run: Ru
             run.save(checkpoint(state), improved=False, step=state["iteration"])
             bar.close()
             raise stop.interrupted(run.last, f"iteration {state['iteration']}")
-        problems = distribution.sample(config.meta_batch, config.seed * 1_000_003 + state["iteration"], split="train")
+        problems = distribution.sample(config.meta_batch, _iteration_seed(config, state["iteration"]), split="train")
         theta = problems.initial_theta()
         rule_state = rule.initial_state(theta)
         loss_scales = iteration_loss_scales(config, state["iteration"], config.meta_batch)

@@ -125,9 +125,9 @@ def test_training_passes_each_unroll_its_weights_and_each_iteration_its_scales(t
                                   loss_scale_range=8.0, device="cpu", out=str(tmp_path / "run"))
     train_optimizer(config, progress=False)
     weights = step_weights(config, 6)
-    iterations = [k for k in range(3) for _ in range(0, training.iteration_horizon(config, k), 2)]
-    assert [start for start, _, _ in calls] == [s for k in range(3) for s in range(0, training.iteration_horizon(config, k), 2)]
-    for (start, given, scales), k in zip(calls, iterations):
+    unrolls = [(k, start) for k in range(3) for start in range(0, training.iteration_horizon(config, k), 2)]
+    assert [start for start, _, _ in calls] == [start for _, start in unrolls]
+    for (start, given, scales), (k, _) in zip(calls, unrolls):
         assert given.tolist() == weights[start:start + 2].tolist()
         assert torch.equal(scales, iteration_loss_scales(config, k, 3))
 
