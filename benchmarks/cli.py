@@ -19,8 +19,9 @@ import sys
 import torch
 
 from fewshot_l2l.adaptation import BATCHED_LEARNER_MODES
-from fewshot_l2l.cli.args import DEVICE_HELP, device_arg
-from fewshot_l2l.utils import resolve_device
+from fewshot_l2l.cli.args import DEVICE_HELP
+from fewshot_l2l.devices import device_argument
+from fewshot_l2l.devices import resolve_device
 
 from .flops import matmul_flops_per_s
 from .speed import (
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--meta-batches", nargs="+", type=int, default=None,
                         help="episodes per meta-update (default: 1 16; with --throughput: 2, over all processes)")
-    parser.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
+    parser.add_argument("--device", default="cpu", type=device_argument, help=DEVICE_HELP)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads (default: all CPUs; OMP_NUM_THREADS=1 environments would otherwise get 1)")
     parser.add_argument("--timed-updates", type=int, default=1, help="timed meta-updates after one warm-up update")

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from fewshot_l2l.meta_learner import MetaLearner, lstm_cell, meta_lstm_step
-from fewshot_l2l.utils import tune_cpu_allocator
+from fewshot_l2l.devices import tune_cpu_allocator
 
 from .speed import peak_rss_mb
 

@@ -24,11 +24,12 @@ from typing import Callable
 
 import torch
 
-from fewshot_l2l.adaptation import run_episodes
+from fewshot_l2l.adaptation import InnerLoop, run_episodes
 from fewshot_l2l.data.episodes import Episode, EpisodeSampler, FewShotSplit
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner
-from fewshot_l2l.utils import meta_update, tune_cpu_allocator
+from fewshot_l2l.runs.loop import meta_update
+from fewshot_l2l.devices import tune_cpu_allocator
 
 from .flops import learner_flops_per_episode, matmul_flops_per_s, meta_learner_flops_per_episode, synchronize
 from .naive import naive_loss
@@ -145,13 +146,15 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    inner = InnerLoop(inner_steps=shape.inner_steps, amp=settings.amp)
+
     def fast_train() -> None:
-        result = run_episodes(meta_learner, learner, sampler.sample(batch), shape.inner_steps, amp=settings.amp)
+        result = run_episodes(meta_learner, learner, sampler.sample(batch), inner)
         meta_update(meta_learner, optimizer, result.loss, 0.25)
 
     def fast_eval() -> None:
         with torch.no_grad():
-            run_episodes(meta_learner, learner, sampler.sample(batch), shape.inner_steps, amp=settings.amp)
+            run_episodes(meta_learner, learner, sampler.sample(batch), inner)
 
     train_warmup_s, train_s, train_cpu_s = seconds_per_call(fast_train, device, 1, timed_updates)
     # Training's warm-up already made the big allocations; only compiled kernels need an evaluation warm-up.

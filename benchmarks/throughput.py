@@ -1,7 +1,7 @@
 """Whole-machine throughput: episodes per second of meta-training and of evaluation with N processes of
 T threads each, optionally side by side with the reference (:mod:`benchmarks.reference`).
 
-Meta-training runs as ``torchrun`` runs it (:mod:`fewshot_l2l.distributed`): the ``N`` processes form
+Meta-training runs as ``torchrun`` runs it (:mod:`fewshot_l2l.runs.distributed`): the ``N`` processes form
 a process group (gloo on the CPU), each draws ``meta_batch / N`` episodes from its own sampler
 stream, and the meta-gradients are averaged with one ``all_reduce`` before clipping and Adam. For
 evaluation every process adapts to its own episodes (``no_grad``), with no communication.
@@ -32,12 +32,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fewshot_l2l import distributed
-from fewshot_l2l.adaptation import run_episodes
+from fewshot_l2l.runs import distributed
+from fewshot_l2l.adaptation import InnerLoop, run_episodes
 from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner
-from fewshot_l2l.utils import meta_update, tune_cpu_allocator
+from fewshot_l2l.runs.loop import meta_update
+from fewshot_l2l.devices import tune_cpu_allocator
 
 from .flops import learner_flops_per_episode, meta_learner_flops_per_episode, synchronize
 from .reference import ReferenceRunner, import_reference
@@ -86,6 +87,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def inner_loop(shape, settings) -> InnerLoop:
+    """Our inner loop at ``shape``'s steps, with the run's learner settings."""
+    return InnerLoop(inner_steps=shape.inner_steps, amp=settings.amp, batched_learner=settings.batched_learner)
+
+
 def _build_ours(shape: BenchmarkShape, settings: ThroughputSettings, device: torch.device, rank: int):
     learner = ConvLearner(LearnerConfig(shape.in_channels, shape.image_size, shape.n_way, shape.hidden_channels))
     with torch.random.fork_rng(devices=[]):
@@ -126,8 +132,7 @@ def _rank(rank: int, shape: BenchmarkShape, layout: Layout, settings: Throughput
         def ours(train: bool):
             episode = sampler.sample(share)
             with torch.set_grad_enabled(train):
-                result = run_episodes(meta_learner, learner, episode, shape.inner_steps, amp=settings.amp,
-                                      batched_learner=settings.batched_learner)
+                result = run_episodes(meta_learner, learner, episode, inner_loop(shape, settings))
             if train:
                 meta_update(meta_learner, optimizer, result.loss, 0.25,
                             reduce_gradients=lambda: distributed.average_gradients(meta_learner.parameters(), context))
@@ -219,8 +224,7 @@ def _peak_memory_child(shape: BenchmarkShape, side: str, share: int, threads: in
         learner, meta_learner, optimizer, sampler = _build_ours(shape, settings, device, 0)
         for train in (True, True, False):
             with torch.set_grad_enabled(train):
-                result = run_episodes(meta_learner, learner, sampler.sample(share), shape.inner_steps,
-                                      amp=settings.amp, batched_learner=settings.batched_learner)
+                result = run_episodes(meta_learner, learner, sampler.sample(share), inner_loop(shape, settings))
             if train:
                 meta_update(meta_learner, optimizer, result.loss, 0.25)
     if device.type == "cuda":

@@ -21,7 +21,7 @@ still flows through the ``theta`` recursion into the gates, layer 1 and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,33 @@ from torch import Tensor
 from .data.episodes import Episode
 from .learner import ConvLearner
 from .meta_learner import MetaLearner, MetaLSTMState
+from .settings import Choice, Flag, Int, Settings, setting
 
 DEFAULT_INNER_STEPS = {1: 12, 5: 8}  # the authors' released configuration (1-shot: 12, 5-shot: 8)
 BATCHED_LEARNER_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class InnerLoop(Settings):
+    """How the meta-learner adapts the learner to an episode: what :func:`adapt` does, in training, validation,
+    evaluation and the gate plots alike (one object, so that none of them runs another inner loop)."""
+
+    TITLE: ClassVar[str] = "inner loop"
+    inner_steps: int | None = setting(None, Int(1), "meta-learner updates per episode (default: 12 for 1-shot, 8 "
+                                                    "for 5-shot, the authors' configuration)", optional=True)
+    inner_batch_size: int | None = setting(None, Int(1), "support images per inner step (default: all)", optional=True)
+    second_order: bool = setting(False, Flag(), "keep gradients through the learner's gradient (meta-training)")
+    divide_grad: bool = setting(False, Flag(), "divide the learner's gradient by the step's support images a second "
+                                               "time, as the authors' code does (part of --authors-config)")
+    amp: bool = setting(False, Flag(), "bfloat16 autocast for the learner's forward passes (for CUDA)", resumable=True)
+    batched_learner: str = setting("auto", Choice(BATCHED_LEARNER_MODES),
+                                   "run the learner vmapped over the meta-batch (auto: on CUDA; slower on CPU)",
+                                   resumable=True)
+
+    def resolve(self) -> None:
+        super().resolve()
+        if self.inner_steps is None:
+            self.refuse("inner_steps must be set (a Meta-LSTM configuration sets it from k_shot)")
 
 
 def default_inner_steps(k_shot: int) -> int:
@@ -96,56 +120,47 @@ def adapt(
     learner: ConvLearner,
     support_x: Tensor,
     support_y: Tensor,
-    inner_steps: int,
-    inner_batch_size: int | None = None,
-    second_order: bool = False,
+    inner: InnerLoop | int,
     generator: torch.Generator | None = None,
-    amp: bool = False,
     on_step: Callable[[int, MetaLSTMState], None] | None = None,
-    divide_grad: bool = False,
-    batched_learner: str = "auto",
 ) -> Tensor:
     """Run the inner loop on support sets ``[B, N, ...]``; return the final parameters ``[B, P]``.
 
     Args:
-        inner_steps: meta-learner updates per episode.
-        inner_batch_size: support images per step; ``None`` (default) uses the
-            whole support set every step. Smaller batches walk through one random
-            permutation of the support set, wrapping around.
-        second_order: keep gradients through the learner's loss and gradient.
+        inner: the inner loop's settings (:class:`InnerLoop`), or just its number of steps. Its fields:
+            ``inner_steps`` meta-learner updates per episode; ``inner_batch_size`` support images per step
+            (``None``: the whole support set every step; smaller batches walk through one random permutation of
+            the support set, wrapping around); ``second_order`` keeps gradients through the learner's loss and
+            gradient; ``amp`` runs the learner's forward passes under bfloat16 autocast (:func:`learner_autocast`);
+            ``divide_grad`` divides the gradient of the (already batch-averaged) support loss by the number of
+            support images of the step a second time before the meta-learner sees it, as the authors' code does
+            (part of ``--authors-config``; off by default, ours); ``batched_learner``: :func:`use_batched_learner`.
         generator: draws the permutation when ``inner_batch_size`` is set.
-        amp: run the learner's forward passes under bfloat16 autocast (see :func:`learner_autocast`).
         on_step: called as ``on_step(step, state)`` after each update (``step`` from 0), to observe
             the meta-learner, e.g. its gates (:func:`fewshot_l2l.gates.gate_statistics`).
-        divide_grad: divide the gradient of the (already batch-averaged) support loss by the number of
-            support images of the step a second time before the meta-learner sees it, as the authors'
-            code does (``TrainConfig.divide_grad``, part of ``--authors-config``); off by default (ours).
-        batched_learner: ``"auto"``, ``"on"`` or ``"off"``: see :func:`use_batched_learner`.
     """
-    if inner_steps < 1:
-        raise ValueError(f"adapt: inner_steps must be >= 1, got {inner_steps}")
+    inner = as_inner_loop(inner)
     n_support = support_x.shape[1]
-    if inner_batch_size is not None and not 1 <= inner_batch_size:
-        raise ValueError(f"adapt: inner_batch_size must be >= 1 or None, got {inner_batch_size}")
-    use_all = inner_batch_size is None or inner_batch_size >= n_support
-    batched = use_batched_learner(batched_learner, support_x.device)
+    use_all = inner.inner_batch_size is None or inner.inner_batch_size >= n_support
+    batched = use_batched_learner(inner.batched_learner, support_x.device)
     if not use_all:
         order = torch.randperm(n_support, generator=generator).to(support_x.device)
     # Under no_grad (evaluation) there is no meta-gradient to keep.
-    second_order = second_order and torch.is_grad_enabled()
+    second_order = inner.second_order and torch.is_grad_enabled()
     theta = meta_learner.initial_theta(support_x.shape[0])
     state = meta_learner.initial_state(theta)
-    for step in range(inner_steps):
+    for step in range(inner.inner_steps):
         if use_all:
             x, y = support_x, support_y
         else:
-            index = order[(step * inner_batch_size + torch.arange(inner_batch_size, device=order.device)) % n_support]
+            index = order[(step * inner.inner_batch_size + torch.arange(inner.inner_batch_size, device=order.device))
+                          % n_support]
             x, y = support_x[:, index], support_y[:, index]
         point = theta if second_order else theta.detach().requires_grad_()
-        with torch.enable_grad(), learner_autocast(x.device, amp):
+        with torch.enable_grad(), learner_autocast(x.device, inner.amp):
             losses = support_losses(learner, point, x, y, batched)
             (grad,) = torch.autograd.grad(losses.sum(), point, create_graph=second_order)
-        if divide_grad:
+        if inner.divide_grad:
             grad = grad / x.shape[1]
         if not second_order:
             losses = losses.detach()
@@ -155,34 +170,46 @@ def adapt(
     return theta
 
 
+def as_inner_loop(inner: InnerLoop | int) -> InnerLoop:
+    """``inner`` itself, or the default inner loop of ``inner`` steps."""
+    if isinstance(inner, InnerLoop):
+        return inner
+    return InnerLoop(inner_steps=inner)
+
+
+def query_logits(learner: ConvLearner, theta: Tensor, episode: Episode, query_bn: str, inner: InnerLoop) -> Tensor:
+    """Logits ``[B, N_query, n_way]`` of the query sets at the adapted parameters ``theta`` ``[B, P]``, the query
+    set normalized as ``query_bn`` says (:mod:`fewshot_l2l.learner`), the learner run as ``inner`` runs it."""
+    with learner_autocast(theta.device, inner.amp):
+        if use_batched_learner(inner.batched_learner, theta.device):
+            return learner.batched_query_logits(theta, episode.support_x, episode.query_x, query_bn)
+        return torch.stack([learner.query_logits(theta[b], episode.support_x[b], episode.query_x[b], query_bn)
+                            for b in range(episode.n_episodes)])
+
+
+def adapted_query_logits(meta_learner: MetaLearner, learner: ConvLearner, episode: Episode, inner: InnerLoop | int,
+                         query_bn: str, generator: torch.Generator | None = None) -> Tensor:
+    """:func:`adapt` to every episode of ``episode``, then :func:`query_logits` (what evaluation scores)."""
+    inner = as_inner_loop(inner)
+    theta = adapt(meta_learner, learner, episode.support_x, episode.support_y, inner, generator)
+    return query_logits(learner, theta, episode, query_bn, inner)
+
+
 def run_episodes(
     meta_learner: MetaLearner,
     learner: ConvLearner,
     episode: Episode,
-    inner_steps: int,
-    inner_batch_size: int | None = None,
+    inner: InnerLoop | int,
     query_bn: str = "batch",
-    second_order: bool = False,
     generator: torch.Generator | None = None,
-    amp: bool = False,
-    divide_grad: bool = False,
-    batched_learner: str = "auto",
 ) -> EpisodeResult:
-    """Adapt to every episode of the meta-batch (:func:`adapt`; ``divide_grad``, ``batched_learner`` as there)
-    and score the query sets."""
-    theta = adapt(
-        meta_learner, learner, episode.support_x, episode.support_y, inner_steps, inner_batch_size, second_order,
-        generator, amp, divide_grad=divide_grad, batched_learner=batched_learner,
-    )
-    if use_batched_learner(batched_learner, theta.device):
-        with learner_autocast(theta.device, amp):
-            logits = learner.batched_query_logits(theta, episode.support_x, episode.query_x, query_bn)
-        correct = (logits.argmax(dim=2) == episode.query_y).float().mean(1)
-        return EpisodeResult(mean_cross_entropy(logits, episode.query_y).mean(), correct.detach())
-    losses, correct = [], []
-    for b in range(episode.n_episodes):
-        with learner_autocast(theta.device, amp):
-            logits = learner.query_logits(theta[b], episode.support_x[b], episode.query_x[b], query_bn)
-        losses.append(F.cross_entropy(logits, episode.query_y[b]))
-        correct.append((logits.argmax(dim=1) == episode.query_y[b]).float().mean())
-    return EpisodeResult(torch.stack(losses).mean(), torch.stack(correct).detach())
+    """Adapt to every episode of the meta-batch (:func:`adapt`) and score the query sets: the meta-loss (mean
+    query cross-entropy) and each episode's accuracy."""
+    inner = as_inner_loop(inner)
+    logits = adapted_query_logits(meta_learner, learner, episode, inner, query_bn, generator)
+    if use_batched_learner(inner.batched_learner, logits.device):
+        loss = mean_cross_entropy(logits, episode.query_y).mean()
+    else:  # each episode's mean cross-entropy, then their mean, as the per-episode learner loop computes it
+        loss = torch.stack([F.cross_entropy(logits[b], episode.query_y[b]) for b in range(episode.n_episodes)]).mean()
+    correct = (logits.argmax(dim=2) == episode.query_y).float().mean(1)
+    return EpisodeResult(loss, correct.detach())

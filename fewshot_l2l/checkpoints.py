@@ -1,22 +1,30 @@
-"""Reading a checkpoint file: ``torch.load`` of tensors and plain containers only, every failure one clear error.
+"""Checkpoints: reading one safely, and the one loader of few-shot checkpoints, whatever method wrote them.
 
-Shared by :func:`fewshot_l2l.training.load_checkpoint` and
-:func:`fewshot_l2l.optim.training.load_rule_checkpoint`, which rebuild their
-models from the dict this returns. A checkpoint may come from anywhere (a
-colleague, a download), so it is read with ``weights_only=True``: nothing in it
-is executed. When torch refuses such a file it advises retrying with
+:func:`read_checkpoint` is shared by :func:`load_checkpoint` (every few-shot method) and
+:func:`fewshot_l2l.optim.rule_training.load_rule_checkpoint` (learned update rules), which rebuild their models
+from the dict it returns. A checkpoint may come from anywhere (a colleague, a download), so it is read with
+``weights_only=True``: nothing in it is executed. When torch refuses such a file it advises retrying with
 ``weights_only=False``, which would run whatever code the file holds; that
 advice is not passed on: the file is reported as corrupt or as not a checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from .utils import nonfinite_tensors
+from .config import FewShotConfig
+from .data import load_splits
+from .data.episodes import FewShotSplit
+from .data.identity import check_dataset, dataset_identity, resolve_stored_path
+from .finite import nonfinite_tensors
+from .learner import ConvLearner, LearnerConfig
+from .methods import FewShotMethod, build_method, method_class
 
 
 def corrupt(path: Path, kind: str, reason: str | BaseException) -> ValueError:
@@ -62,3 +70,65 @@ def refuse_nonfinite(path: str | Path, tensors: dict) -> None:
     if bad:
         raise ValueError(f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}): written by a diverged "
                          "run, it cannot be evaluated or resumed")
+
+
+def checkpoint_state(method: FewShotMethod, optimizer: torch.optim.Optimizer, progress: dict, dataset: dict) -> dict:
+    """What a few-shot checkpoint holds: the method's name, its model's and Adam's state, the learner's shape, the
+    configuration (flat), the loop's progress and the identity of the data (:func:`dataset_identity`)."""
+    return {
+        "method": method.config.method,
+        method.state_key: method.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "learner": method.learner.state(),
+        "config": asdict(method.config),
+        "progress": progress,
+        "dataset": dataset,  # what resume and evaluation check the data against
+    }
+
+
+class Loaded(NamedTuple):
+    """A few-shot checkpoint, rebuilt: the method (its model loaded), its configuration and the raw dict."""
+
+    method: FewShotMethod
+    config: FewShotConfig
+    checkpoint: dict
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
+    """Rebuild the method saved in ``path`` (a few-shot checkpoint of any method, :data:`fewshot_l2l.methods.METHODS`;
+    those without a ``"method"`` entry are the Meta-LSTM's, from before the baselines) on ``device``.
+
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` for a path that is no file, and ``ValueError`` ("... is not
+    a fewshot_l2l checkpoint or is corrupt") for any other file (:func:`read_checkpoint`), or one that holds NaN or
+    infinite values.
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path, device, "fewshot_l2l", ("learner", "config"))
+    try:
+        cls = method_class(checkpoint.get("method", "meta-lstm"))
+        if not isinstance(checkpoint.get(cls.state_key), dict):
+            raise KeyError(f"no {cls.state_key!r} entry (a dict)")
+        config = cls.Config.from_dict({**checkpoint["config"], "method": checkpoint.get("method", "meta-lstm")})
+        learner = ConvLearner(LearnerConfig(**checkpoint["learner"]))
+        method = build_method(config, learner, torch.zeros(learner.n_params))  # overwritten by the saved state below
+        method.model.load_state_dict(checkpoint[cls.state_key])
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise corrupt(path, "fewshot_l2l", error) from error
+    refuse_nonfinite(path, {cls.state_key: checkpoint[cls.state_key], "optimizer": checkpoint.get("optimizer")})
+    method.model.to(device)
+    return Loaded(method, config, checkpoint)
+
+
+def checkpoint_splits(path: str | Path, loaded: Loaded, data: str | None = None) -> dict[str, FewShotSplit]:
+    """The splits to evaluate the checkpoint ``path`` (``loaded`` from it) on: those of ``data``, or by default of
+    the dataset it was trained on (a relative path of an older checkpoint is looked up as
+    :func:`resolve_stored_path` says); images of another shape than its learner takes are refused first (the most
+    specific message), then another build of the dataset (:func:`check_dataset`)."""
+    config = loaded.config
+    data = data if data is not None else resolve_stored_path(config.data, path, config.out)
+    data = os.path.abspath(data) if data is not None else None
+    splits = load_splits(config.dataset, data, seed=config.seed, rotate=config.rotate)
+    for name, split in splits.items():
+        loaded.method.learner.check_images(split.image_shape, f"split {name!r} of {data or config.dataset}")
+    check_dataset(loaded.checkpoint.get("dataset"), dataset_identity(config.dataset, data, splits), f"checkpoint {path}")
+    return splits

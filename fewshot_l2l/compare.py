@@ -11,19 +11,24 @@ its result is written atomically to ``OUT/METHOD/result.json``, which a resumed 
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import fewshot_l2l
 
-from .baselines import METHODS
+from .checkpoints import checkpoint_splits, load_checkpoint
+from .devices import resolve_device, seed_everything, tune_cpu_allocator
+from .evaluation import evaluate
+from .files import atomic_write
+from .methods import METHODS, config_class, method_class, method_config
+from .settings import parse_assignment
+from .training import meta_train
 
 RESULT_NAME = "result.json"
 TRAINING_EPISODES = 10**8  # "until the budget is spent"
@@ -44,13 +49,13 @@ class ComparisonSpec:
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
-    # TrainConfig settings of the Meta-LSTM's run other than its defaults, e.g. {"meta_batch": 1, "inner_steps": 6,
-    # "lr_schedule": "cosine"}; the settings every method shares (COMPARISON_FIELDS) come from the fields above.
-    meta_lstm: dict = field(default_factory=dict)
+    # Each method's own settings other than its defaults, e.g. {"meta-lstm": {"meta_batch": 1, "inner_steps": 6},
+    # "maml": {"inner_lr": 2.0}}; the settings every method shares (COMPARISON_FIELDS) come from the fields above.
+    settings: dict = field(default_factory=dict)
 
 
-# TrainConfig fields that a comparison sets for every method alike (shared_settings), and those that would change its
-# test episodes (n_query, rotate): not among the Meta-LSTM's own settings.
+# Settings that a comparison sets for every method alike (shared_settings), and those that would change its test
+# episodes (n_query, rotate): not among a method's own settings.
 COMPARISON_FIELDS = ("dataset", "data", "n_way", "k_shot", "episodes", "max_minutes", "val_episodes", "device", "seed",
                      "out", "resume", "n_query", "rotate")
 
@@ -62,46 +67,34 @@ def shared_settings(spec: ComparisonSpec, out: Path) -> dict:
                 out=str(out), resume=spec.resume)
 
 
-def meta_lstm_settings(assignments: list[str]) -> dict:
-    """``["meta_batch=1", "lr_schedule=cosine"]`` as ``{"meta_batch": 1, "lr_schedule": "cosine"}``, checked by
-    :class:`~fewshot_l2l.training.TrainConfig`: a value is a Python literal (``1``, ``3e-3``, ``True``, ``(4, 5)``),
-    or plain text for a setting whose default is text. Raises ``ValueError`` naming a malformed assignment, an unknown
-    or shared setting, a setting given twice, or a bad value."""
-    from .training import TrainConfig
-    defaults = TrainConfig()
-    own = sorted({f.name for f in fields(TrainConfig)} - set(COMPARISON_FIELDS))
-    settings = {}
+def method_settings(assignments: list[str], methods: list[str]) -> dict[str, dict]:
+    """``["maml.inner_lr=2", "meta-lstm.meta_batch=1"]`` as ``{"maml": {"inner_lr": 2.0}, "meta-lstm": {"meta_batch":
+    1}}``: each ``METHOD.NAME=VALUE`` a setting of that method's own (not one a comparison shares), its value read as
+    the method's command line reads it and checked by the method's configuration. Raises ``ValueError`` naming a
+    malformed assignment, a method not compared, an unknown or shared setting, a setting given twice, or a bad value."""
+    settings: dict[str, dict] = {}
     for assignment in assignments:
-        name, equals, text = assignment.partition("=")
-        name = name.strip().replace("-", "_")
-        if not equals or not name or not text:
-            raise ValueError(f"--meta-lstm: {assignment!r} is not NAME=VALUE (e.g. meta_batch=1)")
-        if name not in own:
-            raise ValueError(f"--meta-lstm: {name!r} is not a Meta-LSTM setting of its own; choose from {', '.join(own)}")
-        if name in settings:
-            raise ValueError(f"--meta-lstm: {name} is given twice")
+        method, dot, rest = assignment.partition(".")
+        if not dot or method not in METHODS:
+            raise ValueError(f"--set: {assignment!r} is not METHOD.NAME=VALUE with METHOD one of {', '.join(METHODS)} "
+                             "(e.g. maml.inner_lr=2)")
+        if method not in methods:
+            raise ValueError(f"--set {assignment}: {method} is not among --methods")
+        name, value = parse_assignment(rest, config_class(method), f"--set {method}", refused=COMPARISON_FIELDS + ("method",))
+        if name in settings.setdefault(method, {}):
+            raise ValueError(f"--set {method}: {name} is given twice")
+        settings[method][name] = value
+    for method, own in settings.items():
         try:
-            settings[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            if not isinstance(getattr(defaults, name), str):
-                raise ValueError(f"--meta-lstm: {assignment!r}: {text!r} is not a value of {name} (a Python literal, "
-                                 f"like its default {getattr(defaults, name)!r})") from None
-            settings[name] = text
-    try:
-        TrainConfig(**settings)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"--meta-lstm {format_settings(settings)}: {error}") from error
+            config_class(method)(method=method, **own)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--set {method}: {format_settings(own)}: {error}") from error
     return settings
 
 
 def format_settings(settings: dict) -> str:
     """``{"meta_batch": 1, "lr_schedule": "cosine"}`` as ``meta_batch=1 lr_schedule='cosine'``."""
     return " ".join(f"{name}={value!r}" for name, value in settings.items())
-
-
-def method_settings(method: str, spec: ComparisonSpec) -> dict:
-    """The settings of ``method``'s own in ``spec`` (the Meta-LSTM's ``--meta-lstm``; none for the baselines)."""
-    return spec.meta_lstm if method == "meta-lstm" else {}
 
 
 @dataclass
@@ -124,53 +117,35 @@ class MethodResult:
     test_episodes: int
     load_average: float  # 1-minute load average when the method finished
     run: str
-    settings: dict = field(default_factory=dict)  # the Meta-LSTM's own settings (ComparisonSpec.meta_lstm)
+    settings: dict = field(default_factory=dict)  # the method's own settings (ComparisonSpec.settings)
 
 
 def _train(method: str, spec: ComparisonSpec, out: Path) -> dict:
-    common = shared_settings(spec, out)
-    if method == "meta-lstm":
-        from .training import TrainConfig, meta_train
-        return meta_train(TrainConfig(**spec.meta_lstm, **common))
-    from .baselines.config import BaselineConfig
-    from .baselines.training import train_baseline
-    return train_baseline(BaselineConfig(method=method, **common))
+    return meta_train(method_config(method, **spec.settings.get(method, {}), **shared_settings(spec, out)))
 
 
-def _evaluator(method: str, checkpoint: Path, spec: ComparisonSpec):
+def _evaluator(checkpoint: Path, spec: ComparisonSpec):
     """``evaluate(query_bn) -> EvalResult`` on ``checkpoint``, loaded (with its test split) once, so that timing a
     call times the evaluation alone."""
-    from .utils import resolve_device
     device = resolve_device(spec.device)
-    if method == "meta-lstm":
-        from .evaluation import evaluate
-        from .training import checkpoint_splits, load_checkpoint
-        meta_learner, learner, config, raw = load_checkpoint(checkpoint, device)
-        split = checkpoint_splits(checkpoint, config, raw, None, learner)["test"].to(device)
-        return lambda query_bn: evaluate(
-            meta_learner, learner, split, config.n_way, config.k_shot, config.n_query, config.inner_steps,
-            n_episodes=spec.test_episodes, seed=spec.seed, inner_batch_size=config.inner_batch_size, query_bn=query_bn,
-            amp=config.amp, divide_grad=config.divide_grad)
-    from .baselines.training import evaluate_method, load_baseline
-    model, config, _, splits = load_baseline(checkpoint, device)
-    split = splits["test"].to(device)
-    return lambda query_bn: evaluate_method(model, split, config.n_way, config.k_shot, config.n_query,
-                                            n_episodes=spec.test_episodes, seed=spec.seed, query_bn=query_bn)
+    loaded = load_checkpoint(checkpoint, device)
+    split = checkpoint_splits(checkpoint, loaded)["test"].to(device)
+    return lambda query_bn: evaluate(loaded.method, split, n_episodes=spec.test_episodes, seed=spec.seed,
+                                     query_bn=query_bn)
 
 
 def run_method(method: str, spec: ComparisonSpec) -> MethodResult:
     """Train ``method`` for ``spec.minutes`` and evaluate it (in this process; :func:`compare` runs it in a child)."""
-    from .utils import atomic_write, seed_everything, tune_cpu_allocator
     tune_cpu_allocator()
     seed_everything(spec.seed)
     start = time.time()
     out = Path(spec.out) / method
     summary = _train(method, spec, out)
-    evaluate = _evaluator(method, Path(summary["best"]), spec)
+    score = _evaluator(Path(summary["best"]), spec)
     began = time.time()
-    support = evaluate("support")
+    support = score("support")
     eval_seconds = time.time() - began
-    batch = evaluate("batch")
+    batch = score("batch")
     result = MethodResult(
         method=method, n_way=spec.n_way, k_shot=spec.k_shot, accuracy=support.accuracy, ci95=support.ci95,
         accuracy_batch=batch.accuracy, ci95_batch=batch.ci95, train_seconds=summary["elapsed_s"],
@@ -178,7 +153,7 @@ def run_method(method: str, spec: ComparisonSpec) -> MethodResult:
         eval_seconds_per_episode=eval_seconds / spec.test_episodes,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         test_episodes=spec.test_episodes, load_average=os.getloadavg()[0], run=str(out),
-        settings=method_settings(method, spec),
+        settings=spec.settings.get(method, {}),
     )
     atomic_write(out / RESULT_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(result)) + "\n"))
     return result
@@ -206,9 +181,9 @@ def compare(methods: list[str], spec: ComparisonSpec, on_result=None) -> list[Me
                 raise RuntimeError(f"compare: {method} failed (exit status {process.returncode}); its run folder is "
                                    f"{Path(spec.out) / method}: rerun with --resume to continue from it")
         result = MethodResult(**json.loads(saved.read_text()))
-        wanted = json.loads(json.dumps(method_settings(method, spec)))  # as result.json holds it
+        wanted = json.loads(json.dumps(spec.settings.get(method, {})))  # as result.json holds it
         if result.settings != wanted:
-            raise RuntimeError(f"compare: {saved} was trained with --meta-lstm settings {result.settings or 'none'}, "
+            raise RuntimeError(f"compare: {saved} was trained with --set {method} settings {result.settings or 'none'}, "
                                f"not {wanted or 'none'}: give the same settings, or another --out")
         results.append(result)
         if on_result is not None:
@@ -222,7 +197,8 @@ def markdown_table(results: list[MethodResult]) -> str:
              "episodes | updates | train s | wall s | eval s / episode | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        episodes = f"{r.episodes} batches" if r.method == "finetune" else str(r.episodes)
+        unit = method_class(r.method).budget_unit
+        episodes = str(r.episodes) if unit == "episodes" else f"{r.episodes} {unit}"
         lines.append(f"| {r.method} | {100 * r.accuracy:.2f}% ± {100 * r.ci95:.2f}% | {100 * r.accuracy_batch:.2f}% ± "
                      f"{100 * r.ci95_batch:.2f}% | {episodes} | {r.updates} | {r.train_seconds:.0f} | {r.wall_seconds:.0f} "
                      f"| {r.eval_seconds_per_episode:.3f} | {r.peak_rss_mb:.0f} |")

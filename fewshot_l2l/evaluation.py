@@ -1,4 +1,8 @@
-"""Few-shot evaluation: mean accuracy and 95% confidence interval over seeded test episodes."""
+"""Few-shot evaluation of any method: mean accuracy and 95% confidence interval over seeded test episodes.
+
+The tables, validation and ``scripts/evaluate.py`` all go through :func:`evaluate`, which draws the episodes of a
+seed in the same order for every method (:func:`seeded_accuracy`).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .adaptation import run_episodes
 from .data.episodes import Episode, EpisodeSampler, FewShotSplit
-from .learner import EVAL_QUERY_BN, ConvLearner
-from .meta_learner import MetaLearner
-from .utils import nonfinite_tensors
+from .finite import nonfinite_tensors
+from .learner import EVAL_QUERY_BN
+from .methods.base import EVAL_BATCH_SIZE, FewShotMethod
 
 
 @dataclass
@@ -42,53 +45,51 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def evaluate(
-    meta_learner: MetaLearner,
-    learner: ConvLearner,
+    method: FewShotMethod,
     split: FewShotSplit,
-    n_way: int,
-    k_shot: int,
-    n_query: int,
-    inner_steps: int,
     n_episodes: int = 600,
     seed: int = 0,
-    batch_size: int = 8,
-    inner_batch_size: int | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
     query_bn: str = EVAL_QUERY_BN,
+    k_shot: int | None = None,
+    n_query: int | None = None,
+    inner_steps: int | None = None,
     progress: bool = True,
-    amp: bool = False,
-    divide_grad: bool = False,
-    batched_learner: str = "auto",
 ) -> EvalResult:
-    """Accuracy over ``n_episodes`` episodes of ``split`` drawn from ``seed`` (same seed, same episodes).
+    """Accuracy of ``method`` over ``n_episodes`` episodes of ``split`` drawn from ``seed`` (same seed and batch
+    size, same episodes, for every method).
 
-    Runs without building a meta-gradient graph (only the learner's own
-    gradients are computed), ``batch_size`` episodes at a time; ``amp``, ``divide_grad`` and ``batched_learner``
-    as in :func:`fewshot_l2l.adaptation.adapt`; ``query_bn`` (default ``"support"``, not transductive) as in
-    :mod:`fewshot_l2l.learner`. Raises ``ValueError`` for a meta-learner holding NaN or
-    infinite values, or episodes whose query loss is not finite. On CPU, call :func:`fewshot_l2l.utils.tune_cpu_allocator`
-    first (as ``fewshot-evaluate`` does) for speed.
+    The episodes are ``method.config``'s (``n_way``; ``k_shot`` and ``n_query`` unless given), adapted
+    ``batch_size`` at a time without a meta-gradient graph (:meth:`FewShotMethod.query_logits`), the query set
+    normalized as ``query_bn`` says (default ``"support"``, not transductive; :mod:`fewshot_l2l.learner`);
+    ``inner_steps`` changes the test-time inner steps of a method that has an inner loop. Raises ``ValueError`` for
+    a model holding NaN or infinite values, or episodes whose query logits are not finite (NaN logits would
+    argmax to class 0 and read as chance accuracy, silently).
     """
+    config = method.config
     if n_episodes < 1:
         raise ValueError(f"evaluate: n_episodes must be >= 1, got {n_episodes}")
-    bad = nonfinite_tensors(meta_learner.state_dict())
-    if bad:  # NaN logits argmax to class 0: the accuracy would read as chance, silently
-        raise ValueError(f"evaluate: the meta-learner holds NaN or infinite values ({', '.join(bad[:3])}); "
+    if inner_steps is not None and not method.has_inner_loop:
+        raise ValueError(f"evaluate: {config.method} has no inner loop, so no inner_steps to change")
+    bad = nonfinite_tensors(method.model.state_dict())
+    if bad:
+        raise ValueError(f"evaluate: the {config.method} model holds NaN or infinite values ({', '.join(bad[:3])}); "
                          "it comes from a diverged run and cannot be evaluated")
 
     def episode_accuracies(episode: Episode, generator: torch.Generator, first: int) -> torch.Tensor:
-        result = run_episodes(
-            meta_learner, learner, episode, inner_steps, inner_batch_size, query_bn, generator=generator, amp=amp,
-            divide_grad=divide_grad, batched_learner=batched_learner,
-        )
-        if not math.isfinite(result.loss.item()):
+        logits = method.query_logits(episode, query_bn, generator, inner_steps)
+        if not bool(torch.isfinite(logits).all()):
             raise ValueError(
-                f"evaluate: the adapted learner's query loss is not finite on episodes {first}-"
-                f"{first - 1 + episode.n_episodes} of split {split.name!r} (seed {seed}): the inner loop "
+                f"evaluate: the {config.method} query logits are not finite on episodes {first}-"
+                f"{first - 1 + episode.n_episodes} of split {split.name!r} (seed {seed}): the adaptation "
                 "diverged, so an accuracy would be meaningless"
             )
-        return result.accuracy
+        return (logits.argmax(dim=2) == episode.query_y).float().mean(1)
 
-    return seeded_accuracy(episode_accuracies, split, n_way, k_shot, n_query, n_episodes, seed, batch_size, progress)
+    k_shot = config.k_shot if k_shot is None else k_shot
+    n_query = config.n_query if n_query is None else n_query
+    return seeded_accuracy(episode_accuracies, split, config.n_way, k_shot, n_query, n_episodes, seed, batch_size,
+                           progress)
 
 
 def seeded_accuracy(

@@ -24,7 +24,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from .adaptation import adapt
+from .adaptation import InnerLoop, adapt, as_inner_loop
 from .data.episodes import Episode
 from .learner import ConvLearner
 from .meta_learner import MetaLearner, MetaLSTMState
@@ -91,14 +91,12 @@ def gate_statistics(
     meta_learner: MetaLearner,
     learner: ConvLearner,
     episodes: Iterable[Episode],
-    inner_steps: int,
-    inner_batch_size: int | None = None,
+    inner: InnerLoop | int,
     generator: torch.Generator | None = None,
-    amp: bool = False,
 ) -> GateStatistics:
     """Gate statistics of ``meta_learner`` adapting ``learner`` to each batch in ``episodes``.
 
-    ``inner_steps``, ``inner_batch_size``, ``generator`` and ``amp`` as in
+    ``inner`` (the checkpoint's inner loop, e.g. ``MetaLSTMMethod.inner``) and ``generator`` as in
     :func:`fewshot_l2l.adaptation.adapt`; with the sampler and generator seeded as
     :func:`fewshot_l2l.evaluation.evaluate` seeds them, these are the gates of the
     episodes that evaluation scores.
@@ -107,8 +105,9 @@ def gate_statistics(
         raise ValueError(f"gate_statistics: the meta-learner has {meta_learner.n_params} coordinates, "
                          f"the learner {learner.n_params} parameters")
     device = meta_learner.theta_init.device
-    input_gate = _Accumulator(learner.param_sizes, inner_steps, device)
-    forget_gate = _Accumulator(learner.param_sizes, inner_steps, device)
+    inner = as_inner_loop(inner)
+    input_gate = _Accumulator(learner.param_sizes, inner.inner_steps, device)
+    forget_gate = _Accumulator(learner.param_sizes, inner.inner_steps, device)
 
     def record(step: int, state: MetaLSTMState) -> None:
         input_gate.add(step, torch.sigmoid(state.i))
@@ -116,10 +115,9 @@ def gate_statistics(
 
     n_episodes = 0
     for episode in episodes:
-        adapt(meta_learner, learner, episode.support_x, episode.support_y, inner_steps, inner_batch_size,
-              generator=generator, amp=amp, on_step=record)
+        adapt(meta_learner, learner, episode.support_x, episode.support_y, inner, generator, on_step=record)
         n_episodes += episode.n_episodes
     if n_episodes == 0:
         raise ValueError("gate_statistics: no episodes")
     names = [name for name, _ in learner.param_shapes]
-    return GateStatistics(names, inner_steps, n_episodes, input_gate.result(n_episodes), forget_gate.result(n_episodes))
+    return GateStatistics(names, inner.inner_steps, n_episodes, input_gate.result(n_episodes), forget_gate.result(n_episodes))

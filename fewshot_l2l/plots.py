@@ -3,7 +3,7 @@
 matplotlib (in requirements.txt) is imported only when a picture is drawn, so
 the rest of the package does not need it. Figures are built with
 ``matplotlib.figure.Figure`` (no pyplot, no global backend switch) and saved
-as PNG through :func:`fewshot_l2l.utils.atomic_write`.
+as PNG through :func:`fewshot_l2l.files.atomic_write`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .utils import atomic_write
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .gates import GateStatistics

@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the library's atomic writer, also when run without PYTHONPATH
-from fewshot_l2l.utils import atomic_write  # noqa: E402
+from fewshot_l2l.files import atomic_write  # noqa: E402
 DEFAULT_SHARED = Path(os.environ.get("FEWSHOT_L2L_SHARED", REPO.parent / "shared"))
 SETTINGS = {"5-way 1-shot": 1, "5-way 5-shot": 5}
 

@@ -60,3 +60,14 @@ def tiny_splits():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_data(monkeypatch, tiny_splits):
+    """Every dataset loads as :func:`tiny_splits` in training and in loading checkpoints' splits (evaluation)."""
+    import fewshot_l2l.checkpoints as checkpoints
+    import fewshot_l2l.training as training
+
+    for module in (training, checkpoints):
+        monkeypatch.setattr(module, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
+    return tiny_splits

@@ -1,10 +1,12 @@
 """What the command-line front ends share: argument types, the parser, warnings and the error handling.
 
-* Argument types (``type=`` of ``add_argument``) refuse a bad value while parsing, as a usage error
-  (exit 2) naming the argument: :func:`positive_int`, :func:`non_negative_int`, :func:`int_at_least`
-  (all at most ``INT_MAX``), :func:`seed_int`, :func:`positive_float` (finite), :func:`output_file`,
-  :func:`device_arg`. A value is never replaced by a default behind the user's back: defaults are
-  ``None`` and resolved with ``is None``, never with ``or``.
+* The options of a configuration's settings are built from their declarations
+  (:func:`fewshot_l2l.settings.add_arguments`); the options a command has of its own use these argument types
+  (``type=`` of ``add_argument``), which refuse a bad value while parsing, as a usage error (exit 2) naming the
+  argument: :func:`positive_int`, :func:`non_negative_int`, :func:`int_at_least` (all at most ``INT_MAX``),
+  :func:`seed_int`, :func:`positive_float` (finite), :func:`output_file`, and
+  :func:`fewshot_l2l.devices.device_argument`. A value is never replaced by a default behind the user's back:
+  defaults are ``None`` and resolved with ``is None``, never with ``or``.
 * :func:`command` wraps every ``main``: an error the library raises for bad input (a missing or
   corrupt file, a setting it refuses) is printed as one line ``PROG: error: MESSAGE`` on stderr and
   exits with status 1, not as a traceback; ``--debug`` (or ``FEWSHOT_L2L_DEBUG=1``) shows the
@@ -22,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from ..utils import INT_MAX, SEED_MAX, resolve_device
+from ..settings import INT_MAX, SEED_MAX
 
 DEVICE_HELP = "auto (CUDA if available, else CPU) or a torch device: cpu, cuda, cuda:N, mps, xpu, ..."
 DEBUG_ENV = "FEWSHOT_L2L_DEBUG"
@@ -91,21 +93,6 @@ def positive_float(value: str) -> float:
     return number
 
 
-def float_at_least(minimum: float) -> Callable[[str], float]:
-    """An argument type: a finite number ``>= minimum``."""
-    def parse(value: str) -> float:
-        number = _parse_finite(value)
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum:g}, got {value!r}")
-        return number
-    parse.__name__ = f"float_at_least_{minimum:g}"
-    return parse
-
-
-non_negative_float = float_at_least(0.0)
-non_negative_float.__doc__ = "An argument type: a finite number >= 0."
-
-
 def output_file(value: str) -> str:
     """An argument type: a path to write a file to; refused when it is a folder or lies under a file."""
     path = Path(value)
@@ -114,19 +101,6 @@ def output_file(value: str) -> str:
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise argparse.ArgumentTypeError(f"cannot write {value!r}: {blocking} is a file, not a folder")
-    return value
-
-
-def device_arg(value: str) -> str:
-    """``argparse`` type of ``--device``: the string as given, once :func:`resolve_device` accepts it here.
-
-    Checked while parsing, so that a device this machine lacks is a usage error
-    naming it, before any data is loaded.
-    """
-    try:
-        resolve_device(value)
-    except (ValueError, RuntimeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
     return value
 
 

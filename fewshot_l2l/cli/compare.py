@@ -9,10 +9,11 @@ from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
-from ..baselines import METHODS
-from ..compare import ComparisonSpec, compare, format_settings, markdown_table, meta_lstm_settings
+from ..compare import ComparisonSpec, compare, format_settings, markdown_table, method_settings
 from ..data import DATASETS
-from .args import DEVICE_HELP, command, device_arg, int_at_least, new_parser, positive_float, positive_int, seed_int
+from ..devices import device_argument
+from ..methods import METHODS
+from .args import DEVICE_HELP, command, int_at_least, new_parser, positive_float, positive_int, seed_int
 
 
 @command
@@ -24,38 +25,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k-shot", type=positive_int, required=True)
     parser.add_argument("--n-way", type=int_at_least(2), default=5)
     parser.add_argument("--minutes", type=positive_float, required=True, help="training budget of each method")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS))
     parser.add_argument("--episodes", type=positive_int, default=600, help="test episodes (the same for every method)")
     parser.add_argument("--val-episodes", type=positive_int, default=200, help="episodes of each validation")
     parser.add_argument("--seed", type=seed_int, default=0)
-    parser.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
+    parser.add_argument("--device", default="cpu", type=device_argument, help=DEVICE_HELP)
     parser.add_argument("--out", default="runs/compare", help="one run folder per method under it")
     parser.add_argument("--resume", action="store_true", help="skip finished methods, continue an interrupted one")
     parser.add_argument("--json", action="store_true", help="one JSON line per method instead of the table")
-    parser.add_argument("--meta-lstm", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
-                        help="the Meta-LSTM's settings other than its defaults (TrainConfig fields), e.g. "
-                             "meta_batch=1 inner_steps=6 lr_schedule=cosine")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.NAME=VALUE",
+                        help="a method's own settings other than its defaults (its options of scripts/train.py --method "
+                             "METHOD), e.g. maml.inner_lr=2 meta-lstm.inner_steps=6; recorded in result.json")
     args = parser.parse_args(argv)
-    if args.meta_lstm and "meta-lstm" not in args.methods:
-        parser.error("--meta-lstm sets the Meta-LSTM's run, but meta-lstm is not among --methods")
     try:
-        meta_lstm = meta_lstm_settings(args.meta_lstm)
+        settings = method_settings(args.set, args.methods)
     except ValueError as error:
         parser.error(str(error))
     dataset = args.dataset or ("omniglot" if args.data else "glyphs")
     spec = ComparisonSpec(dataset=dataset, data=args.data, n_way=args.n_way, k_shot=args.k_shot, minutes=args.minutes,
                           out=args.out, test_episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
-                          device=args.device, resume=args.resume, meta_lstm=meta_lstm)
+                          device=args.device, resume=args.resume, settings=settings)
     bar = tqdm(total=len(args.methods), desc="methods", unit="method")
     on_result = (lambda r: (print(json.dumps(asdict(r)), flush=True), bar.update(1))) if args.json else \
         (lambda r: bar.update(1))
     results = compare(args.methods, spec, on_result)
     bar.close()
     if not args.json:
-        settings = format_settings(meta_lstm)
+        own = "".join(f"; {method}: {format_settings(values)}" for method, values in settings.items())
         print(f"{dataset}, {args.n_way}-way {args.k_shot}-shot, {args.minutes:g} min of training per method, "
-              f"{args.episodes} test episodes (seed {args.seed})" + (f"; Meta-LSTM: {settings}" if settings else "")
-              + ":\n")
+              f"{args.episodes} test episodes (seed {args.seed}){own}:\n")
         print(markdown_table(results))
 
 

@@ -1,7 +1,7 @@
 """Evaluate a learned-optimizer checkpoint against SGD, Nesterov SGD, RMSprop and Adam with tuned learning rates.
 
 Prints a table (or, with --json, one JSON line) and saves the mean loss curves as a PNG .
-Thin wrapper over fewshot_l2l.optim.evaluation.
+Thin wrapper over fewshot_l2l.optim.comparison.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..plots import require_matplotlib
-from ..optim.evaluation import BASELINES, DEFAULT_LR_GRID, compare, plot_curves, rule_run
+from ..devices import device_argument, resolve_device
+from ..optim import PROBLEMS, make_problems
+from ..optim.comparison import BASELINES, DEFAULT_LR_GRID, compare_with_baselines, plot_curves, rule_run
 from ..optim.neural_art import save_art_grid
-from ..optim.problems import ACTIVATIONS, PROBLEMS, make_problems
-from ..optim.training import load_rule_checkpoint
-from ..utils import resolve_device
-from .args import DEVICE_HELP, command, device_arg, new_parser, output_file, positive_float, positive_int, seed_int
+from ..optim.problems import ACTIVATIONS
+from ..optim.rule_training import load_rule_checkpoint
+from ..plots import require_matplotlib
+from .args import DEVICE_HELP, command, new_parser, output_file, positive_float, positive_int, seed_int
 
 
 VARIANT_OPTIONS = ("hidden", "layers", "activation")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES))
     parser.add_argument("--plot", type=output_file, default=None, help="PNG path (default: next to the checkpoint, <name>_h<horizon>.png)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the tuning and test problems")
-    parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
+    parser.add_argument("--device", default="auto", type=device_argument, help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args(argv)
 
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         distribution = make_problems(problem, device, **{**trained_options, **options})
     except ValueError as error:
         parser.error(str(error))
-    comparison = compare(rule, distribution, horizon, n_test=args.n_test, n_tune=args.n_tune,
-                         seed=args.seed, lr_grid=args.lr_grid, baselines=args.baselines, progress=not args.json)
+    comparison = compare_with_baselines(rule, distribution, horizon, n_test=args.n_test, n_tune=args.n_tune,
+                                        seed=args.seed, lr_grid=args.lr_grid, baselines=args.baselines,
+                                        progress=not args.json)
     checkpoint = Path(args.checkpoint)
     variant = "".join(f"_{key}{value}" for key, value in options.items() if key in VARIANT_OPTIONS + ("image_size",))
     suffix = ("" if problem == config.problem else f"_{problem}") + variant

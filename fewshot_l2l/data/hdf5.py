@@ -14,7 +14,7 @@ the image bytes (C order), the label bytes (int64 little endian) and the class
 names joined by newlines. :class:`HDF5Writer` computes it while the images are
 written, so a split can be written class by class without holding it in memory.
 
-Files are written through :class:`fewshot_l2l.utils.AtomicFile` (the package's
+Files are written through :class:`fewshot_l2l.files.AtomicFile` (the package's
 one atomic writer; h5py writes the file incrementally, so it cannot be a single
 ``write(tmp)`` call): a hidden temporary file beside ``FILE``, renamed over it
 only once complete; missing folders are created; any exception removes the
@@ -39,7 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ..utils import AtomicFile, remove_stale_temps
+from ..files import AtomicFile, remove_stale_temps
 from .episodes import FewShotSplit
 
 FORMAT_NAME = "fewshot_l2l"

@@ -1,8 +1,8 @@
 """The Meta-LSTM as a drop-in for ``learn2learn.algorithms.MAML``: wrap any ``nn.Module``, ``clone()``, ``adapt(loss)``.
 
-A learn2learn training loop runs unchanged with ``MAML(model, lr=...)`` replaced by ``MetaLSTM(model)``::
+A learn2learn training loop runs unchanged with ``MAML(model, lr=...)`` replaced by ``MetaLSTMAlgorithm(model)``::
 
-    meta = MetaLSTM(model)                              # model's parameters are theta_0
+    meta = MetaLSTMAlgorithm(model)                            # model's parameters are theta_0
     opt = torch.optim.Adam(meta.parameters(), 1e-3)     # theta_0 and the update rule's weights
     for task in tasks:
         learner = meta.clone()
@@ -33,7 +33,7 @@ from torch.func import functional_call
 from ..optim.rules import MetaLSTMRule, UpdateRule
 
 
-class MetaLSTM(nn.Module):
+class MetaLSTMAlgorithm(nn.Module):
     """The Meta-LSTM meta-learner around ``module``, in the shape of ``learn2learn.algorithms.MAML``.
 
     Args:
@@ -52,11 +52,11 @@ class MetaLSTM(nn.Module):
                  allow_unused: bool = False, rule: UpdateRule | None = None) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
-            raise TypeError(f"MetaLSTM: module must be a torch.nn.Module, got {type(module).__name__}")
+            raise TypeError(f"MetaLSTMAlgorithm: module must be a torch.nn.Module, got {type(module).__name__}")
         if rule is not None and not isinstance(rule, UpdateRule):
-            raise TypeError(f"MetaLSTM: rule must be an UpdateRule (fewshot_l2l.optim.rules), got {type(rule).__name__}")
+            raise TypeError(f"MetaLSTMAlgorithm: rule must be an UpdateRule (fewshot_l2l.optim.rules), got {type(rule).__name__}")
         if not any(p.requires_grad for p in module.parameters()):
-            raise ValueError(f"MetaLSTM: module {type(module).__name__} has no trainable parameters to adapt")
+            raise ValueError(f"MetaLSTMAlgorithm: module {type(module).__name__} has no trainable parameters to adapt")
         self.module = module
         self.rule = MetaLSTMRule(hidden_size=hidden_size) if rule is None else rule
         self.first_order, self.allow_unused = bool(first_order), bool(allow_unused)
@@ -75,7 +75,7 @@ class MetaLSTM(nn.Module):
 
 
 class MetaLSTMLearner(nn.Module):
-    """One task's learner (``MetaLSTM.clone()``): the wrapped module evaluated at adapted parameters.
+    """One task's learner (``MetaLSTMAlgorithm.clone()``): the wrapped module evaluated at adapted parameters.
 
     Attributes:
         params: ``{name: tensor}`` of the adapted parameters (non-leaf after the first ``adapt``).

@@ -32,7 +32,6 @@ from torch import Tensor
 from ..data.glyphs import make_glyph_splits
 from .layout import ParamLayout
 
-PROBLEMS = ("quadratic", "mlp", "convnet", "neural-art")
 SPLITS = ("train", "tune", "test")
 
 
@@ -273,18 +272,3 @@ class MLPProblems(GlyphProblems):
     def make_batch(self, images, members, labels, theta0, seed) -> MLPBatch:
         return MLPBatch(images, members, labels, theta0, self.layout(), self.n_classes, self.batch_size, seed,
                         layer_sizes=self.layer_sizes, activation=self.activation)
-
-
-def make_problems(name: str, device: str | torch.device = "cpu", **options):
-    """The problem distribution called ``name`` (one of :data:`PROBLEMS`) with its paper settings, or ``options``
-    (keyword arguments of its class, e.g. ``hidden=40, layers=2, activation="relu"`` for ``mlp``)."""
-    from .convnet import ConvNetProblems  # here: convnet builds on this module's GlyphProblems
-    from .neural_art import NeuralArtProblems
-
-    classes = {"quadratic": QuadraticProblems, "mlp": MLPProblems, "convnet": ConvNetProblems, "neural-art": NeuralArtProblems}
-    if name not in classes:
-        raise ValueError(f"make_problems: unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}")
-    try:
-        return classes[name](device=device, **options)
-    except TypeError as error:
-        raise ValueError(f"make_problems: {name} takes no option(s) {sorted(options)}: {error}") from error

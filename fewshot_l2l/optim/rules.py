@@ -5,7 +5,7 @@ An update rule maps, for a batch of ``B`` problems with ``P`` coordinates each,
 Every tensor of ``state`` has leading shape ``[B, P]``, so one coordinate's
 recurrent state is one row: the :class:`fewshot_l2l.optim.LearnedOptimizer`
 stores it per parameter and concatenates it back for a vectorized step, and
-meta-training (:mod:`fewshot_l2l.optim.training`) backpropagates through
+meta-training (:mod:`fewshot_l2l.optim.rule_training`) backpropagates through
 the very same :meth:`UpdateRule.forward`. There is one implementation of each
 rule:
 
@@ -41,7 +41,6 @@ from ..meta_learner import CoordinateLSTMCell, MetaLSTM, MetaLSTMState, meta_lst
 from ..preprocess import preprocess
 from .layout import ParamLayout, segment_mean
 
-RULES = ("andrychowicz", "andrychowicz-gac", "ntm-bfgs", "meta-lstm")
 GAC_SCOPES = ("tensor", "model")
 
 
@@ -78,7 +77,7 @@ class UpdateRule(nn.Module):
         raise NotImplementedError
 
     def config(self) -> dict:
-        """Constructor arguments, stored in checkpoints so that :func:`build_rule` can rebuild the rule."""
+        """Constructor arguments, stored in checkpoints so that :func:`fewshot_l2l.optim.build_rule` can rebuild the rule."""
         raise NotImplementedError
 
 
@@ -235,27 +234,3 @@ class AndrychowiczRule(UpdateRule):
         if self.gac_cells:  # the plain rule's config as before GAC existed
             config.update(gac_cells=self.gac_cells, gac_scope=self.gac_scope)
         return config
-
-
-def build_rule(config: dict) -> UpdateRule:
-    """A fresh rule from :meth:`UpdateRule.config` output (``{"rule": name, **arguments}``)."""
-    from .ntm import NTMBFGSRule  # here, not at the top: ntm builds on this module's AndrychowiczRule
-    from .per_type import LayerTypeRule
-
-    values = dict(config)
-    name = values.pop("rule", None)
-    if name == "andrychowicz":
-        if values.get("gac_cells", 0):
-            raise ValueError("build_rule: the andrychowicz rule has no global averaging cells; use andrychowicz-gac")
-        return AndrychowiczRule(**values)
-    if name == "andrychowicz-gac":
-        if values.get("gac_cells", 0) < 1:
-            raise ValueError(f"build_rule: andrychowicz-gac needs gac_cells >= 1, got {values.get('gac_cells', 0)}")
-        return AndrychowiczRule(**values)
-    if name == "ntm-bfgs":
-        return NTMBFGSRule(**values)
-    if name == "meta-lstm":
-        return MetaLSTMRule(hidden_size=values.get("hidden_size", 20))
-    if name == LayerTypeRule.kind:
-        return LayerTypeRule({kind: build_rule(sub) for kind, sub in values.items()})
-    raise ValueError(f"build_rule: unknown rule {name!r}; choose one of {', '.join(RULES)} (or {LayerTypeRule.kind})")

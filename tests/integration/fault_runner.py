@@ -25,11 +25,11 @@ import signal
 import sys
 from pathlib import Path
 
-import fewshot_l2l.runs as runs
+import fewshot_l2l.runs.folder as runs
 import fewshot_l2l.training as training
-import fewshot_l2l.optim.training as optimizer_training
+import fewshot_l2l.optim.rule_training as optimizer_training
 from fewshot_l2l.data.glyphs import make_glyph_splits
-from fewshot_l2l.utils import AtomicFile
+from fewshot_l2l.files import AtomicFile
 
 command, argv = sys.argv[1], sys.argv[2:]
 fault = json.loads(os.environ.get("FAULT", "{}"))
@@ -39,7 +39,7 @@ if command == "train":
     tiny = make_glyph_splits({"train": 20, "val": 8, "test": 8}, images_per_class=6, image_size=16, seed=3)
     training.load_splits = lambda dataset, data=None, seed=0, rotate="auto": tiny
     # curves.png is not under test here, and drawing it (matplotlib) is a third of a tiny run's time.
-    training.require_matplotlib = runs.plot_training_curves = lambda *args, **kwargs: None
+    training.require_matplotlib = training.plot_training_curves = lambda *args, **kwargs: None
 
 updates = [0]
 original_update = loop.meta_update

@@ -36,7 +36,7 @@ def test_naive_implementation_matches_the_fast_one():
     for name in ("support_x", "query_x"):
         setattr(episode, name, getattr(episode, name).double())
 
-    fast = run_episodes(meta, learner, episode, inner_steps=3)
+    fast = run_episodes(meta, learner, episode, 3)
     fast.loss.backward()
     fast_grads = [p.grad.clone() for p in meta.parameters()]
     meta.zero_grad()

@@ -60,7 +60,7 @@ def test_python_dash_m_runs_the_command():
     result = subprocess.run([sys.executable, "-m", "fewshot_l2l.cli.train", "--help"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "Meta-train the Meta-LSTM" in result.stdout and "--k-shot" in result.stdout
+    assert "Meta-train a few-shot method" in result.stdout and "--k-shot" in result.stdout
 
 
 @pytest.mark.parametrize("module, args", [("train", []), ("evaluate", ["--checkpoint", "x.pt"]),
@@ -74,12 +74,10 @@ def test_unavailable_device_is_a_usage_error(module, args, monkeypatch, capsys):
     assert "argument --device: device 'mps': no mps device is available on this machine" in capsys.readouterr().err
 
 
-def test_torch_device_strings_are_accepted(tmp_path, monkeypatch, tiny_splits, capsys):
+def test_torch_device_strings_are_accepted(tmp_path, tiny_data, capsys):
     """``cpu:0`` through training, the checkpoint written and read back, and evaluation."""
-    import fewshot_l2l.training as training
     from fewshot_l2l.cli import evaluate, train
 
-    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
     out = tmp_path / "run"
     train.main(["--n-way", "3", "--n-query", "2", "--inner-steps", "1", "--meta-batch", "1", "--episodes", "1",
                 "--hidden-channels", "2", "--hidden-size", "2", "--val-every", "1", "--val-episodes", "1",
@@ -115,3 +113,25 @@ def test_missing_matplotlib_is_named_before_a_long_comparison(monkeypatch, tmp_p
         evaluate_optimizer.main(["--checkpoint", "x.pt"])
     assert "needs matplotlib" in str(exit_info.value.code)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_gates_runs_the_inner_loop_that_evaluation_runs(tiny_data, tmp_path, monkeypatch):
+    """The gates of --authors-config checkpoints used to come from an inner loop without its divide_grad."""
+    import fewshot_l2l.adaptation as adaptation
+    import fewshot_l2l.gates as gates
+    from fewshot_l2l.cli import evaluate, plot_gates, train
+
+    out = tmp_path / "run"
+    train.main(["--n-way", "3", "--n-query", "2", "--inner-steps", "2", "--inner-batch-size", "2", "--k-shot", "2",
+                "--episodes", "1", "--hidden-channels", "2", "--hidden-size", "2", "--val-every", "1",
+                "--val-episodes", "1", "--device", "cpu", "--authors-config", "--out", str(out)])
+    seen = {}
+    for module in (adaptation, gates):
+        real = module.adapt
+        monkeypatch.setattr(module, "adapt", lambda *args, _real=real, _name=module.__name__, **kwargs:
+                            seen.setdefault(_name, args[4]) and _real(*args, **kwargs))
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--episodes", "2", "--device", "cpu", "--json"])
+    plot_gates.main(["--checkpoint", str(out / "best.pt"), "--episodes", "2", "--device", "cpu",
+                     "--out", str(tmp_path / "gates.png")])
+    evaluated, plotted = seen["fewshot_l2l.adaptation"], seen["fewshot_l2l.gates"]
+    assert evaluated == plotted and plotted.divide_grad and plotted.inner_batch_size == 2 and plotted.inner_steps == 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cli_helpers import make_omniglot_zip, run_cli
-from fewshot_l2l.compare import COMPARISON_FIELDS, ComparisonSpec, meta_lstm_settings, shared_settings
+from fewshot_l2l.compare import COMPARISON_FIELDS, ComparisonSpec, method_settings, shared_settings
 
 TINY = ["--k-shot", "1", "--n-way", "3", "--minutes", "0.005", "--episodes", "4", "--val-episodes", "2",
         "--methods", "protonet", "finetune"]
@@ -54,8 +54,8 @@ def test_compare_two_methods_json_then_resume_as_a_table(tmp_path, tiny_h5):
 
 def test_meta_lstm_settings_reach_its_run(tmp_path, tiny_h5):
     out = tmp_path / "compare"
-    ran = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--json",
-                  "--meta-lstm", "meta_batch=1", "inner_steps=3", "lr_schedule=cosine", "hidden_size=4")
+    ran = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--json", "--set", "meta-lstm.meta_batch=1",
+                  "meta-lstm.inner_steps=3", "meta-lstm.lr_schedule=cosine", "meta-lstm.hidden_size=4")
     assert ran.status == 0, ran.err
     config = torch.load(out / "meta-lstm" / "last.pt", weights_only=False)["config"]
     assert (config["meta_batch"], config["inner_steps"], config["lr_schedule"], config["hidden_size"]) == (1, 3, "cosine", 4)
@@ -63,32 +63,50 @@ def test_meta_lstm_settings_reach_its_run(tmp_path, tiny_h5):
     result = json.loads(ran.out)
     assert result["settings"] == {"meta_batch": 1, "inner_steps": 3, "lr_schedule": "cosine", "hidden_size": 4}
     # A finished run is reused only with the settings it was trained with.
-    other = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--resume", "--meta-lstm", "meta_batch=2")
-    assert other.status == 1 and "was trained with --meta-lstm settings" in other.err and "not {'meta_batch': 2}" in other.err
-    again = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--resume", "--meta-lstm", "meta_batch=1",
-                    "inner_steps=3", "--meta-lstm", "lr_schedule=cosine", "hidden_size=4")  # repeated: the lists add up
+    other = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--resume", "--set", "meta-lstm.meta_batch=2")
+    assert other.status == 1 and "was trained with --set meta-lstm settings" in other.err and "not {'meta_batch': 2}" in other.err
+    again = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", out, "--resume", "--set", "meta-lstm.meta_batch=1",
+                    "meta-lstm.inner_steps=3", "--set", "meta-lstm.lr_schedule=cosine",
+                    "meta-lstm.hidden_size=4")  # repeated: the lists add up
     assert again.status == 0, again.err
-    assert "Meta-LSTM: meta_batch=1 inner_steps=3 lr_schedule='cosine' hidden_size=4" in again.out
+    assert "meta-lstm: meta_batch=1 inner_steps=3 lr_schedule='cosine' hidden_size=4" in again.out
 
 
 @pytest.mark.parametrize("assignment, message", [
-    ("meta_batch", "'meta_batch' is not NAME=VALUE"),
-    ("seed=3", "'seed' is not a Meta-LSTM setting of its own; choose from"),  # shared by every method
-    ("n_query=5", "'n_query' is not a Meta-LSTM setting of its own"),  # would change the test episodes
-    ("inner_steps=0", "TrainConfig: inner_steps must be an integer in [1,"),
-    ("lr_schedule=step", "TrainConfig: lr_schedule must be one of"),
-    ("divide_grad=false", "'divide_grad=false': 'false' is not a value of divide_grad (a Python literal"),
-    ("forget_bias_init=5", "TrainConfig: forget_bias_init must be a range (low, high), got 5"),
-    ("lr=1e-3 lr=2e-3", "lr is given twice"),
+    ("meta-lstm.meta_batch", "'meta_batch' is not NAME=VALUE"),
+    ("meta-lstm.seed=3", "'seed' is not a setting of its own; choose from"),  # shared by every method
+    ("meta-lstm.n_query=5", "'n_query' is not a setting of its own"),  # would change the test episodes
+    ("meta-lstm.inner_steps=0", "MetaLSTMConfig: inner_steps must be an integer in [1,"),
+    ("meta-lstm.lr_schedule=step", "MetaLSTMConfig: lr_schedule must be one of"),
+    ("meta-lstm.divide_grad=yes", "'divide_grad=yes': expected True or False, got 'yes'"),
+    ("meta-lstm.forget_bias_init=5", "MetaLSTMConfig: forget_bias_init must be a range (low, high), got (5.0,)"),
+    ("meta-lstm.lr=1e-3 meta-lstm.lr=2e-3", "lr is given twice"),
+    ("maml.inner_lr=-2", "MAMLConfig: inner_lr must be a positive finite number, got -2.0"),
+    ("metasgd.inner_lr=2", "'inner_lr' is not a setting of its own"),  # Meta-SGD learns its inner rates
+    ("protonet.inner_steps=2", "'inner_steps' is not a setting of its own"),  # no inner loop
+    ("maml.meta_batch=x", "'meta_batch=x': expected an integer, got 'x'"),
+    ("reptile.lr=1", "not METHOD.NAME=VALUE with METHOD one of"),
+    ("finetune.lr=1e-3", "finetune is not among --methods"),
 ])
-def test_meta_lstm_settings_refused_with_the_reason(assignment, message):
-    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--meta-lstm", *assignment.split())
-    assert ran.status == 2 and message in ran.err and "--meta-lstm" in ran.err
+def test_method_settings_refused_with_the_reason(assignment, message):
+    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--methods", "meta-lstm", "maml", "metasgd", "protonet",
+                  "--set", *assignment.split())
+    assert ran.status == 2 and message in ran.err and "--set" in ran.err
 
 
-def test_meta_lstm_settings_need_the_meta_lstm():
-    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--methods", "maml", "--meta-lstm", "meta_batch=1")
+def test_a_method_setting_needs_the_method():
+    ran = run_cli("compare", "--k-shot", "1", "--minutes", "1", "--methods", "maml", "--set", "meta-lstm.meta_batch=1")
     assert ran.status == 2 and "meta-lstm is not among --methods" in ran.err
+
+
+def test_baseline_settings_reach_their_run_and_result(tmp_path, tiny_h5):
+    out = tmp_path / "compare"
+    ran = run_cli("compare", *TINY[:-1], *tiny_h5, "--out", out, "--json", "--set", "protonet.lr=0.002",
+                  "protonet.lr_schedule=constant")
+    assert ran.status == 0, ran.err
+    config = torch.load(out / "protonet" / "last.pt", weights_only=False)["config"]
+    assert (config["method"], config["lr"], config["lr_schedule"]) == ("protonet", 0.002, "constant")
+    assert json.loads(ran.out)["settings"] == {"lr": 0.002, "lr_schedule": "constant"}
 
 
 def test_every_setting_a_comparison_shares_is_refused_as_a_meta_lstm_setting(tmp_path):
@@ -96,6 +114,8 @@ def test_every_setting_a_comparison_shares_is_refused_as_a_meta_lstm_setting(tmp
     assert set(shared_settings(spec, tmp_path)) | {"n_query", "rotate"} == set(COMPARISON_FIELDS)
 
 
-def test_meta_lstm_setting_values_are_literals_or_strings():
-    assert meta_lstm_settings(["lr=3e-3", "second-order=True", "query_bn=support"]) == \
-        {"lr": 3e-3, "second_order": True, "query_bn": "support"}
+def test_setting_values_are_read_as_the_command_line_reads_them():
+    assert method_settings(["meta-lstm.lr=3e-3", "meta-lstm.second-order=True", "meta-lstm.query_bn=support",
+                            "meta-lstm.forget_bias_init=(4, 5)", "maml.grad_clip=None"], ["meta-lstm", "maml"]) == \
+        {"meta-lstm": {"lr": 3e-3, "second_order": True, "query_bn": "support", "forget_bias_init": (4.0, 5.0)},
+         "maml": {"grad_clip": None}}

@@ -1,4 +1,4 @@
-"""Data-parallel meta-training (fewshot_l2l.distributed): 2 gloo processes on the CPU against one process.
+"""Data-parallel meta-training (fewshot_l2l.runs.distributed): 2 gloo processes on the CPU against one process.
 
 One spawn of two ranks runs every multi-rank phase (a process group costs seconds to start on a busy
 2-core machine); the parent replays the same meta-updates in one process, drawing each rank's share
@@ -22,15 +22,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import fewshot_l2l.methods.meta_lstm as meta_lstm
 import fewshot_l2l.training as training
-from fewshot_l2l import distributed
-from fewshot_l2l.adaptation import EpisodeResult, run_episodes
+from fewshot_l2l.adaptation import EpisodeResult, InnerLoop, run_episodes
 from fewshot_l2l.data.episodes import Episode, EpisodeSampler
 from fewshot_l2l.data.glyphs import make_glyph_splits
 from fewshot_l2l.data.hdf5 import HDF5Writer
-from fewshot_l2l.process import FolderLock
-from fewshot_l2l.training import TrainConfig, build_models, meta_train
-from fewshot_l2l.utils import meta_update
+from fewshot_l2l.methods import build_method, method_config, new_learner
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
+from fewshot_l2l.runs import distributed
+from fewshot_l2l.runs.loop import meta_update
+from fewshot_l2l.runs.process import FolderLock
+from fewshot_l2l.training import meta_train
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
@@ -40,11 +43,22 @@ def tiny_splits():
     return make_glyph_splits({"train": 20, "val": 8, "test": 8}, images_per_class=6, image_size=16, seed=3)
 
 
-def tiny_config(out: Path, **overrides) -> TrainConfig:
-    values = dict(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=4, episodes=8, hidden_size=4,
-                  hidden_channels=4, val_every=4, val_episodes=2, device="cpu", out=str(out))
+def tiny_config(out: Path, method: str = "meta-lstm", **overrides) -> MetaLSTMConfig:
+    values = dict(n_way=3, k_shot=1, n_query=2, meta_batch=4, episodes=8, hidden_channels=4, val_every=4,
+                  val_episodes=2, device="cpu", out=str(out))
+    if method == "meta-lstm":
+        values.update(inner_steps=2, hidden_size=4)
     values.update(overrides)
-    return TrainConfig(**values)
+    return method_config(method, **values)
+
+
+def build_models(config: MetaLSTMConfig, image_shape):
+    method = build_method(config, new_learner(config, image_shape))
+    return method.meta_learner, method.learner
+
+
+# Where each function a fault replaces is looked up: the Meta-LSTM's step, and the loop's validation.
+FAULT_MODULES = {"run_episodes": meta_lstm, "evaluate": training}
 
 
 def free_port() -> int:
@@ -60,7 +74,7 @@ def _fault(action: dict | None, rank: int) -> dict:
     if action is None or action["rank"] != rank:
         return {}
     name = "evaluate" if action["fault"] == "validation" else "run_episodes"
-    real, calls = getattr(training, name), [0]
+    real, calls = getattr(FAULT_MODULES[name], name), [0]
 
     def faulty(*args, **kwargs):
         calls[0] += 1
@@ -76,20 +90,20 @@ def _fault(action: dict | None, rank: int) -> dict:
     return {name: faulty}
 
 
-def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]], splits, report: Path) -> None:
+def _worker(rank: int, port: int, phases: list[tuple[MetaLSTMConfig, dict | None]], splits, report: Path) -> None:
     """One rank: join the gloo group as torchrun would describe it, run each phase (a config and an injected
     fault), write what each ended with (``ok``, the exit status, or the error) to ``report``, then the sync check."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     training.load_splits = lambda *args, **kwargs: splits
-    real = {name: getattr(training, name) for name in ("run_episodes", "evaluate")}
+    real = {name: getattr(module, name) for name, module in FAULT_MODULES.items()}
     context = distributed.init_process_group("cpu")
     clean_exit = False
     try:
         for index, (config, action) in enumerate(phases):
             for name, function in _fault(action, rank).items():
-                setattr(training, name, function)
+                setattr(FAULT_MODULES[name], name, function)
             try:
                 meta_train(config, progress=False)
                 outcome = "ok"
@@ -99,7 +113,7 @@ def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]],
                 outcome = f"{type(error).__name__}: {error}"
             finally:
                 for name, function in real.items():
-                    setattr(training, name, function)
+                    setattr(FAULT_MODULES[name], name, function)
             (report / f"phase{index}.rank{rank}.txt").write_text(outcome)
         # A rank whose weights drifted is caught on every rank.
         meta_learner, _ = build_models(phases[0][0], splits["train"].image_shape)
@@ -117,7 +131,7 @@ def _worker(rank: int, port: int, phases: list[tuple[TrainConfig, dict | None]],
         distributed.destroy_process_group(clean_exit)
 
 
-def replay(config: TrainConfig, splits, n_updates: int, world: int, checkpoint: dict | None = None):
+def replay(config: MetaLSTMConfig, splits, n_updates: int, world: int, checkpoint: dict | None = None):
     """``n_updates`` meta-updates in one process on the union of ``world`` ranks' shares; the final
     meta-learner and the union meta-loss of each update. ``checkpoint`` (a ``last.pt``) resumes its streams."""
     meta_learner, learner = build_models(config, splits["train"].image_shape)
@@ -138,11 +152,25 @@ def replay(config: TrainConfig, splits, n_updates: int, world: int, checkpoint: 
         shares = [sampler.sample(config.meta_batch // world) for sampler in samplers]
         union = Episode(*(torch.cat([getattr(s, name) for s in shares])
                           for name in ("support_x", "support_y", "query_x", "query_y")))
-        result = run_episodes(meta_learner, learner, union, config.inner_steps, config.inner_batch_size,
-                              config.query_bn, generator=inner)
+        result = run_episodes(meta_learner, learner, union, config.section(InnerLoop), config.query_bn, generator=inner)
         meta_update(meta_learner, optimizer, result.loss, config.grad_clip)
         losses.append(result.loss.item())
     return meta_learner, losses
+
+
+def replay_method(config, splits, n_updates: int, world: int):
+    """Any method's ``n_updates`` updates in one process: each update's loss the mean of the ``world`` ranks' losses on
+    their shares (what averaging the ranks' gradients computes; the loss of the union for a method whose loss is a mean
+    over episodes, not for fine-tuning, whose batch norm normalizes each rank's share)."""
+    method = build_method(config, new_learner(config, splits["train"].image_shape, splits["train"].n_classes))
+    optimizer = torch.optim.Adam(method.model.parameters(), lr=config.lr)
+    samplers = [method.training_sampler(splits["train"], distributed.rank_seed(config.seed, rank)) for rank in range(world)]
+    inner = torch.Generator().manual_seed(config.seed)
+    for _ in range(n_updates):
+        shares = [sampler.sample(config.meta_batch // world) for sampler in samplers]
+        loss = torch.stack([method.training_loss(share, inner)[0] for share in shares]).mean()
+        meta_update(method.model, optimizer, loss, config.grad_clip)
+    return method.model
 
 
 def load(path: Path) -> dict:
@@ -173,6 +201,9 @@ PHASES = {
     # A cosine rate over a time budget of 1.2 s (one validation, at the end): the ranks' clocks differ, so they must
     # agree on one rate.
     "cosine budget": dict(lr_schedule="cosine", episodes=10**6, val_every=10**6, max_minutes=0.02),
+    # Every method is data-parallel: Prototypical Networks and fine-tuning (mini-batches of images) on 2 ranks.
+    "protonet": dict(method="protonet", meta_batch=2),
+    "finetune": dict(method="finetune", meta_batch=4),
 }
 
 
@@ -299,6 +330,19 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(runs, monkeypatch):
     assert_same_meta_learner(after["meta_learner"], expected)
     assert torch.equal(after["progress"]["sampler_rngs"][1], before["progress"]["sampler_rngs"][1])
     assert not torch.equal(after["progress"]["sampler_rngs"][0], before["progress"]["sampler_rngs"][0])
+
+
+@pytest.mark.parametrize("name", ["protonet", "finetune"])
+def test_every_method_trains_data_parallel_as_one_process_on_the_union(runs, name):
+    root, splits = runs
+    assert outcomes(root, name) == ["ok", "ok"]
+    config = tiny_config(root / name, **PHASES[name])
+    updates = config.episodes // (config.meta_batch if name != "finetune" else 1)
+    expected = replay_method(config, splits, n_updates=updates, world=WORLD)
+    saved = load(root / name / "last.pt")
+    assert saved["method"] == name and sorted(saved["progress"]["sampler_rngs"]) == [0, 1]
+    for key, value in expected.state_dict().items():
+        assert torch.allclose(saved["model"][key], value, rtol=0, atol=1e-5), key
 
 
 def test_drifted_weights_are_reported_on_every_rank(runs):

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot_l2l.process import RunLockedError
-from fewshot_l2l.training import TrainConfig, load_checkpoint, meta_train
-from fewshot_l2l.optim.training import load_rule_checkpoint
-from fewshot_l2l.utils import nonfinite_tensors
+from fewshot_l2l.runs.process import RunLockedError
+from fewshot_l2l.checkpoints import load_checkpoint
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
+from fewshot_l2l.training import meta_train
+from fewshot_l2l.optim.rule_training import load_rule_checkpoint
+from fewshot_l2l.finite import nonfinite_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("fault_runner.py")
@@ -69,7 +71,7 @@ def assert_equal(a, b, where=""):
 
 def without_time(value):
     if isinstance(value, dict):
-        return {k: without_time(v) for k, v in value.items() if k != "elapsed_s"}
+        return {k: without_time(v) for k, v in value.items() if k not in ("elapsed_s", "validation_s")}
     return value
 
 
@@ -122,7 +124,7 @@ def test_sigint_from_outside_exits_130_without_a_traceback_and_resumes(tmp_path)
     assert "stopped by SIGINT after update" in stderr and "Traceback" not in stderr
     update = step_of("train", out)
     assert 1 <= update < 2000
-    _, _, _, checkpoint = load_checkpoint(out / "last.pt")  # finite, loadable
+    checkpoint = load_checkpoint(out / "last.pt").checkpoint  # finite, loadable
     resumed = run("train", out, "--resume", "--episodes", str(2 * update + 2))
     assert resumed.returncode == 0, resumed.stderr
     assert step_of("train", out) == update + 1
@@ -200,18 +202,18 @@ def test_a_second_run_on_a_live_run_folder_is_refused(tiny_splits, monkeypatch, 
         deadline = time.time() + 120
         while not ready.exists() and process.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        config = TrainConfig(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=2, episodes=8, hidden_size=4,
+        config = MetaLSTMConfig(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=2, episodes=8, hidden_size=4,
                              hidden_channels=4, val_every=4, val_episodes=4, device="cpu", out=str(out))
         for resume in (False, True):  # a new run, and a second --resume, of a folder whose first run has no last.pt yet
             with pytest.raises(RunLockedError, match=f"{out} is in use by another run folder \\(pid {process.pid} on "):
-                meta_train(TrainConfig(**{**config.__dict__, "resume": resume}), progress=False)
+                meta_train(MetaLSTMConfig(**{**config.__dict__, "resume": resume}), progress=False)
         assert not (out / "last.pt").exists()
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
     update = step_of("train", out)
-    summary = meta_train(TrainConfig(**{**config.__dict__, "resume": True, "episodes": 2 * update + 4}), progress=False)
+    summary = meta_train(MetaLSTMConfig(**{**config.__dict__, "resume": True, "episodes": 2 * update + 4}), progress=False)
     assert summary["updates"] == update + 2  # the folder is free again, and the run continues
 
 

@@ -60,8 +60,8 @@ def one_thread_and_no_drawing():
     by a file of the PNG signature, written atomically where the picture would be."""
     import fewshot_l2l.cli.evaluate_optimizer as evaluate_optimizer_cli
     import fewshot_l2l.cli.plot_gates as plot_gates_cli
-    import fewshot_l2l.runs as runs
-    from fewshot_l2l.utils import atomic_write
+    import fewshot_l2l.training as training
+    from fewshot_l2l.files import atomic_write
 
     def stub(*args, **kwargs):
         path = args[1] if len(args) > 1 else kwargs["path"]
@@ -70,7 +70,7 @@ def one_thread_and_no_drawing():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runs, "plot_training_curves", stub)
+        patch.setattr(training, "plot_training_curves", stub)
         patch.setattr(plot_gates_cli, "plot_gate_statistics", stub)
         patch.setattr(evaluate_optimizer_cli, "plot_curves", stub)
         yield

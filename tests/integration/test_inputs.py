@@ -20,7 +20,7 @@ from cli_helpers import PROG, TINY_TRAIN, make_omniglot_zip, run_cli
 from fewshot_l2l.data import miniimagenet, omniglot
 from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.data.hdf5 import HDF5Writer
-from fewshot_l2l.optim.training import load_rule_checkpoint
+from fewshot_l2l.optim.rule_training import load_rule_checkpoint
 from fewshot_l2l.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

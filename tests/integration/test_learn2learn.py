@@ -20,8 +20,10 @@ from fewshot_l2l.data import load_splits
 from fewshot_l2l.data.omniglot import build_omniglot
 from fewshot_l2l.interop.l2l_data import SplitDataset, labels_to_indices, meta_dataset, meta_datasets
 from fewshot_l2l.interop.l2l_episodes import TaskEpisodes
-from fewshot_l2l.interop.learn2learn import MetaLSTM
-from fewshot_l2l.training import TrainConfig, load_checkpoint, meta_train
+from fewshot_l2l.interop.learn2learn import MetaLSTMAlgorithm
+from fewshot_l2l.checkpoints import load_checkpoint
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
+from fewshot_l2l.training import meta_train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +93,7 @@ def test_a_learn2learn_loop_learns_with_maml_and_with_the_meta_lstm(method, lear
     if method == "maml":
         algorithm = learn2learn.algorithms.MAML(model, lr=0.5)
     else:
-        algorithm = MetaLSTM(model)
+        algorithm = MetaLSTMAlgorithm(model)
         with torch.no_grad():  # the paper's b_I ~ U(-5, -4) starts at an inner learning rate of about 0.01 and
             algorithm.rule.meta_lstm.cell.bias_input.fill_(-1.0)  # needs thousands of episodes: start at 0.27
     before = held_out_loss(algorithm, held_out)
@@ -214,7 +216,7 @@ def test_meta_train_takes_a_task_dataset_and_resumes_it_exactly(learn2learn, omn
     def run(out, episodes, resume=False):
         source = task_episodes(learn2learn, train)
         source.tasks = Counting(source.tasks)
-        summary = meta_train(TrainConfig(**config, episodes=episodes, out=str(out), resume=resume), False, source)
+        summary = meta_train(MetaLSTMConfig(**config, episodes=episodes, out=str(out), resume=resume), False, source)
         return summary, source.tasks.draws
 
     summary, draws = run(tmp_path / "whole", 8)
@@ -222,7 +224,7 @@ def test_meta_train_takes_a_task_dataset_and_resumes_it_exactly(learn2learn, omn
     run(tmp_path / "split", 4)
     _, draws = run(tmp_path / "split", 8, resume=True)
     assert draws == 4
-    whole, split = (load_checkpoint(tmp_path / name / "last.pt")[0].state_dict() for name in ("whole", "split"))
+    whole, split = (load_checkpoint(tmp_path / name / "last.pt").method.model.state_dict() for name in ("whole", "split"))
     assert all(torch.equal(whole[name], split[name]) for name in whole)
 
 

@@ -19,7 +19,8 @@ from fewshot_l2l.data import load_splits
 from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.data.hdf5 import HDF5Splits
 from fewshot_l2l.data.omniglot import build_omniglot, list_images, split_characters
-from fewshot_l2l.training import TrainConfig, meta_train
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
+from fewshot_l2l.training import meta_train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,7 +152,7 @@ def test_sampler_errors_name_the_split_and_class(minimal_h5):
 
 def test_train_and_evaluate_scripts_read_the_file(minimal_h5, tmp_path, capsys):
     path, _ = minimal_h5
-    config = TrainConfig(dataset="omniglot", data=str(path), n_way=3, k_shot=1, n_query=2, inner_steps=1,
+    config = MetaLSTMConfig(dataset="omniglot", data=str(path), n_way=3, k_shot=1, n_query=2, inner_steps=1,
                          meta_batch=1, episodes=2, val_every=2, val_episodes=2, hidden_channels=4, hidden_size=4,
                          device="cpu", out=str(tmp_path / "run"))
     summary = meta_train(config, progress=False)

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from fewshot_l2l.optim.problems import QuadraticProblems
-from fewshot_l2l.optim.evaluation import BaselineResult, baseline_curve, chunked_step, compare, curve_metrics, rule_curve, tune_baseline
-from fewshot_l2l.optim.training import (
-    OptimizerTrainConfig, iteration_loss_scales, load_rule_checkpoint, step_weights, train_optimizer, unrolled_meta_loss,
-    validate,
-)
+from fewshot_l2l.optim.comparison import (BaselineResult, baseline_curve, chunked_step, compare_with_baselines, curve_metrics,
+                                         rule_curve, tune_baseline)
+from fewshot_l2l.optim.rule_config import OptimizerTrainConfig, iteration_horizon, iteration_loss_scales, step_weights
+from fewshot_l2l.optim.rule_training import load_rule_checkpoint, train_optimizer, unrolled_meta_loss, validate
 from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +111,7 @@ def test_loss_scales_change_what_the_rule_sees_not_the_meta_loss():
 
 
 def test_training_passes_each_unroll_its_weights_and_each_iteration_its_scales(tmp_path, monkeypatch):
-    import fewshot_l2l.optim.training as training
+    import fewshot_l2l.optim.rule_training as training
     calls, original = [], training.unrolled_meta_loss
 
     def recording(rule, problems, theta, state, start, unroll, weights=None, loss_scales=None):
@@ -125,7 +124,7 @@ def test_training_passes_each_unroll_its_weights_and_each_iteration_its_scales(t
                                   loss_scale_range=8.0, device="cpu", out=str(tmp_path / "run"))
     train_optimizer(config, progress=False)
     weights = step_weights(config, 6)
-    unrolls = [(k, start) for k in range(3) for start in range(0, training.iteration_horizon(config, k), 2)]
+    unrolls = [(k, start) for k in range(3) for start in range(0, iteration_horizon(config, k), 2)]
     assert [start for start, _, _ in calls] == [start for _, start in unrolls]
     for (start, given, scales), (k, _) in zip(calls, unrolls):
         assert given.tolist() == weights[start:start + 2].tolist()
@@ -148,9 +147,11 @@ def test_loss_scales_are_log_uniform_and_reproducible():
 def test_step_weights_default_to_one_after_the_given_ones():
     assert step_weights(OptimizerTrainConfig(horizon=5, unroll=5, step_weights=[3, 0.5]), 5).tolist() == [3, 0.5, 1, 1, 1]
     assert step_weights(OptimizerTrainConfig(horizon=4, unroll=2), 4).tolist() == [1, 1, 1, 1]
-    for bad in ([-1.0], [math.nan], [1.0] * 5, ["2"], [True], None):
-        with pytest.raises(ValueError, match=r"step_weights must be at most max_horizon \(4\)"):
+    for bad in ([-1.0], [math.nan], ["2"], [True], None):
+        with pytest.raises(ValueError, match=r"step_weights must be finite numbers >= 0, got"):
             OptimizerTrainConfig(horizon=4, unroll=2, step_weights=bad)
+    with pytest.raises(ValueError, match=r"step_weights must be at most max_horizon \(4\) .*got 5 weights"):
+        OptimizerTrainConfig(horizon=4, unroll=2, step_weights=[1.0] * 5)
 
 
 def test_best_checkpoint_is_chosen_by_the_weighted_validation_loss(tmp_path):
@@ -300,7 +301,7 @@ def test_tuning_picks_the_best_learning_rate_of_the_grid():
 
 def test_comparison_ratios():
     rule = AndrychowiczRule(hidden_size=4)
-    comparison = compare(rule, QuadraticProblems(), 10, n_test=4, n_tune=4, lr_grid=(1e-2, 1e-1), progress=False)
+    comparison = compare_with_baselines(rule, QuadraticProblems(), 10, n_test=4, n_tune=4, lr_grid=(1e-2, 1e-1), progress=False)
     summary = comparison.summary("quadratic")
     best = summary["best_baseline"]
     assert best == min(summary["baselines"], key=lambda n: summary["baselines"][n]["final_loss"])
@@ -320,7 +321,7 @@ def test_steps_learned_lower_counts_steps_1_to_t_against_each_tuned_curve():
 
 
 def test_baselines_are_tuned_on_tune_problems_and_scored_on_test_problems(monkeypatch):
-    import fewshot_l2l.optim.evaluation as evaluation
+    import fewshot_l2l.optim.comparison as evaluation
 
     distribution, split_of = QuadraticProblems(), {}
     sample = distribution.sample
@@ -346,7 +347,7 @@ def test_baselines_are_tuned_on_tune_problems_and_scored_on_test_problems(monkey
     monkeypatch.setattr(evaluation, "tune_baseline", recording_tune)
     monkeypatch.setattr(evaluation, "baseline_curve", recording_curve)
     monkeypatch.setattr(evaluation, "rule_curve", lambda rule, problems, *a: calls.append(("learned", split_of[id(problems)])) or learned(rule, problems, *a))
-    compare(AndrychowiczRule(hidden_size=4), distribution, 5, n_test=3, n_tune=3, lr_grid=(1e-2, 1e-1), progress=False)
+    compare_with_baselines(AndrychowiczRule(hidden_size=4), distribution, 5, n_test=3, n_tune=3, lr_grid=(1e-2, 1e-1), progress=False)
     assert {split for who, split in calls if who == "tune"} == {"tune"}
     assert {split for who, split in calls if who in ("score", "learned")} == {"test"}
     assert sum(who == "score" for who, _ in calls) >= 4 and ("learned", "test") in calls
@@ -388,7 +389,7 @@ def test_chunked_step_equals_one_call(rule):
 
 
 def test_mlp_meta_training_runs_end_to_end(tmp_path, monkeypatch):
-    import fewshot_l2l.optim.training as optimizer_training
+    import fewshot_l2l.optim.rule_training as optimizer_training
     from fewshot_l2l.optim.problems import MLPProblems
 
     tiny = MLPProblems(hidden=4, batch_size=16, classes={"train": 10, "val": 10, "test": 10}, images_per_class=3, image_size=8)
@@ -398,5 +399,5 @@ def test_mlp_meta_training_runs_end_to_end(tmp_path, monkeypatch):
     summary = train_optimizer(config, progress=False)
     assert summary["iterations"] == 2 and math.isfinite(summary["best_val_sum_loss"])
     rule, _, _ = load_rule_checkpoint(tmp_path / "run" / "best.pt")
-    comparison = compare(rule, tiny, 4, n_test=3, n_tune=3, lr_grid=(0.1, 1.0), progress=False)
+    comparison = compare_with_baselines(rule, tiny, 4, n_test=3, n_tune=3, lr_grid=(0.1, 1.0), progress=False)
     assert math.isfinite(comparison.learned_final_loss) and comparison.best_baseline in ("sgd", "nesterov", "rmsprop", "adam")

@@ -12,7 +12,8 @@ import torch
 from fewshot_l2l.optim import LearnedOptimizer
 from fewshot_l2l.optim.convnet import ConvNetProblems
 from fewshot_l2l.optim.per_type import LayerTypeRule
-from fewshot_l2l.optim.training import OptimizerTrainConfig, iteration_horizon, load_rule_checkpoint, train_optimizer
+from fewshot_l2l.optim.rule_config import OptimizerTrainConfig, build_rule_for, iteration_horizon
+from fewshot_l2l.optim.rule_training import load_rule_checkpoint, train_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = dict(problem="quadratic", hidden_size=4, horizon=4, unroll=2, meta_batch=4, iterations=2, val_every=1,
@@ -80,7 +81,7 @@ def test_random_horizons_train_and_validate_at_the_longest(tmp_path):
 
 
 def test_convnet_meta_training_with_a_rule_per_layer_type(tmp_path, monkeypatch):
-    import fewshot_l2l.optim.training as optimizer_training
+    import fewshot_l2l.optim.rule_training as optimizer_training
 
     tiny = ConvNetProblems(classes={"train": 10, "val": 10, "test": 10}, images_per_class=3, image_size=8, batch_size=12,
                            channels=2, conv_layers=2, hidden=4)
@@ -88,7 +89,7 @@ def test_convnet_meta_training_with_a_rule_per_layer_type(tmp_path, monkeypatch)
     config = OptimizerTrainConfig(problem="convnet", rule="andrychowicz-gac", gac_cells=1, per_layer_type=True, hidden_size=3,
                                   horizon=4, unroll=2, iterations=2, val_every=1, val_problems=2, device="cpu",
                                   out=str(tmp_path / "run"))
-    before = optimizer_training.build_rule_for(config).state_dict()
+    before = build_rule_for(config).state_dict()
     train_optimizer(config, progress=False)
     rule, _, _ = load_rule_checkpoint(tmp_path / "run" / "last.pt")
     for kind in ("conv", "fc"):  # both rules were trained (the net has conv and fully connected layers)

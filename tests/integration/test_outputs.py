@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+import fewshot_l2l.checkpoints as checkpoints
 import fewshot_l2l.data
-import fewshot_l2l.runs as runs
 import fewshot_l2l.training as training
 from fewshot_l2l.data.hdf5 import HDF5Splits
-from fewshot_l2l.optim.evaluation import BaselineResult, Comparison, plot_curves
-from fewshot_l2l.training import TrainConfig, meta_train
+from fewshot_l2l.optim.comparison import BaselineResult, Comparison, plot_curves
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
+from fewshot_l2l.training import meta_train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,8 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def tiny_data(monkeypatch, tiny_splits):
     fake = lambda dataset, data=None, seed=0, rotate="auto": tiny_splits  # noqa: E731
-    monkeypatch.setattr(training, "load_splits", fake)
-    monkeypatch.setattr(fewshot_l2l.data, "load_splits", fake)  # what the scripts import
+    for module in (training, checkpoints, fewshot_l2l.data):  # fewshot_l2l.data: what the scripts import
+        monkeypatch.setattr(module, "load_splits", fake)
     return tiny_splits
 
 
@@ -35,7 +36,7 @@ def tiny_config(out, **overrides):
     values = dict(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=2, episodes=8, hidden_size=4,
                   hidden_channels=4, val_every=4, val_episodes=4, device="cpu", out=str(out))
     values.update(overrides)
-    return TrainConfig(**values)
+    return MetaLSTMConfig(**values)
 
 
 def run_script(name, *argv, monkeypatch):
@@ -53,13 +54,13 @@ def assert_png(path, min_size=(300, 200)):
 
 def test_curves_are_drawn_at_every_validation_from_the_whole_log(tiny_data, tmp_path, monkeypatch):
     drawn = []
-    real = runs.plot_training_curves
+    real = training.plot_training_curves
 
     def spy(rows, path, *args, **kwargs):
         drawn.append([int(row["update"]) for row in rows])
         return real(rows, path, *args, **kwargs)
 
-    monkeypatch.setattr(runs, "plot_training_curves", spy)
+    monkeypatch.setattr(training, "plot_training_curves", spy)
     meta_train(tiny_config(tmp_path / "run"), progress=False)
     curves = tmp_path / "run" / "curves.png"
     assert drawn == [[2], [2, 4]]

@@ -13,33 +13,31 @@ from pathlib import Path
 import pytest
 import torch
 
+import fewshot_l2l.methods.meta_lstm as meta_lstm
 import fewshot_l2l.training as training
 from fewshot_l2l.data.glyphs import make_glyph_splits
-from fewshot_l2l.optim.evaluation import BaselineResult, Comparison
-from fewshot_l2l.optim.training import OptimizerTrainConfig, train_optimizer
-from fewshot_l2l.training import TrainConfig, checkpoint_splits, load_checkpoint, meta_train
+from fewshot_l2l.optim.comparison import BaselineResult, Comparison
+from fewshot_l2l.checkpoints import checkpoint_splits, load_checkpoint
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
+from fewshot_l2l.optim.rule_config import OptimizerTrainConfig
+from fewshot_l2l.optim.rule_training import train_optimizer
+from fewshot_l2l.training import meta_train
 
 TINY = dict(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=2, episodes=4, hidden_size=4, hidden_channels=4,
             val_every=4, val_episodes=2, device="cpu")
 
 
-@pytest.fixture
-def tiny_data(monkeypatch, tiny_splits):
-    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
-    return tiny_splits
-
-
 @pytest.mark.parametrize("overrides, message", [
     ({"lr": math.inf}, "lr must be a positive finite number, got inf"),
     ({"lr": math.nan}, "lr must be a positive finite number, got nan"),
-    ({"grad_clip": math.nan}, "grad_clip must be a positive finite number, got nan"),
+    ({"grad_clip": math.nan}, r"grad_clip must be a positive finite number \(or None\), got nan"),
     ({"max_minutes": math.nan}, r"max_minutes must be a positive finite number \(or None\), got nan"),
     ({"max_minutes": math.inf}, "max_minutes must be a positive finite number"),
     ({"max_nonfinite": 0}, r"max_nonfinite must be an integer in \[1, 2147483647\], got 0"),
 ])
 def test_train_config_refuses_settings_that_are_not_finite(overrides, message):
-    with pytest.raises(ValueError, match=f"TrainConfig: {message}"):
-        TrainConfig(**overrides)
+    with pytest.raises(ValueError, match=f"MetaLSTMConfig: {message}"):
+        MetaLSTMConfig(**overrides)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -60,7 +58,7 @@ def test_optimizer_train_config_refuses_settings_that_are_not_finite(overrides, 
     ({"n_way": True}, r"n_way must be an integer in \[2, 2147483647\], got True"),
     ({"k_shot": 1.5}, r"k_shot must be an integer in \[1, 2147483647\], got 1.5"),
     ({"hidden_channels": 0}, r"hidden_channels must be an integer in \[1, 2147483647\], got 0"),
-    ({"inner_batch_size": 0}, r"inner_batch_size must be an integer in \[1, 2147483647\], got 0"),
+    ({"inner_batch_size": 0}, r"inner_batch_size must be an integer in \[1, 2147483647\] \(or None\), got 0"),
     ({"episodes": 2**64}, r"episodes must be an integer in \[1, 2147483647\], got 18446744073709551616"),
     ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\], got -1"),
     ({"seed": 2**64}, r"seed must be an integer in \[0, 4294967295\], got 18446744073709551616"),
@@ -68,8 +66,8 @@ def test_optimizer_train_config_refuses_settings_that_are_not_finite(overrides, 
 ])
 def test_train_config_refuses_what_is_not_an_integer_in_range(overrides, message):
     """Python callers used to get n_way=1, k_shot=1.5 or seed=2**64 accepted and fail (or not) deep inside a run."""
-    with pytest.raises(ValueError, match=f"TrainConfig: {message}"):
-        TrainConfig(**overrides)
+    with pytest.raises(ValueError, match=f"MetaLSTMConfig: {message}"):
+        MetaLSTMConfig(**overrides)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -86,13 +84,13 @@ def test_optimizer_train_config_refuses_what_is_not_an_integer_in_range(override
 def test_a_split_too_small_for_the_episodes_fails_before_the_first_update(tiny_data, tmp_path, monkeypatch):
     """20-way training on a file whose validation split has 17 classes used to train until the first validation."""
     calls = []
-    monkeypatch.setattr(training, "run_episodes", lambda *args, **kwargs: calls.append(1))
+    monkeypatch.setattr(meta_lstm, "run_episodes", lambda *args, **kwargs: calls.append(1))
     with pytest.raises(ValueError, match=r"the val split of glyphs \(8 classes\) cannot give 10-way episodes of 1 \+ 2 "
                                          r"images per class \(.*larger than the 8 classes of split 'val'.*lower --n-way"):
-        meta_train(TrainConfig(**{**TINY, "n_way": 10, "out": str(tmp_path / "run")}), progress=False)
+        meta_train(MetaLSTMConfig(**{**TINY, "n_way": 10, "out": str(tmp_path / "run")}), progress=False)
     with pytest.raises(ValueError, match=r"the train split of glyphs \(20 classes\) cannot give 3-way episodes of 1 \+ 6 "
                                          r"images per class \(.*k_shot \+ n_query = 7"):
-        meta_train(TrainConfig(**{**TINY, "n_query": 6, "out": str(tmp_path / "run")}), progress=False)
+        meta_train(MetaLSTMConfig(**{**TINY, "n_query": 6, "out": str(tmp_path / "run")}), progress=False)
     assert calls == [] and list(tmp_path.iterdir()) == []  # no update, and no empty run folder left
 
 
@@ -110,9 +108,9 @@ def test_resume_and_evaluation_refuse_another_build_of_the_dataset(tmp_path, mon
     write_h5(tmp_path / "a.h5", make_glyph_splits(sizes, images_per_class=6, image_size=16, seed=3))
     write_h5(tmp_path / "b.h5", make_glyph_splits(sizes, images_per_class=6, image_size=16, seed=4))  # other images
     monkeypatch.chdir(tmp_path)
-    config = TrainConfig(**{**TINY, "dataset": "omniglot", "data": "a.h5", "out": "run"})  # relative paths
+    config = MetaLSTMConfig(**{**TINY, "dataset": "omniglot", "data": "a.h5", "out": "run"})  # relative paths
     meta_train(config, progress=False)
-    _, _, saved, checkpoint = load_checkpoint("run/last.pt")
+    _, saved, checkpoint = load_checkpoint("run/last.pt")
     assert saved.data == str(tmp_path / "a.h5")  # stored absolute
     assert checkpoint["dataset"]["path"] == str(tmp_path / "a.h5") and len(checkpoint["dataset"]["content_sha256"]) == 64
 
@@ -135,19 +133,18 @@ def test_resume_and_evaluation_refuse_another_build_of_the_dataset(tmp_path, mon
     torch.save(checkpoint, tmp_path / "run" / "old.pt")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    old_config = load_checkpoint("../run/old.pt")[2]
-    assert checkpoint_splits("../run/old.pt", old_config, checkpoint)["test"].n_classes == 8
+    assert checkpoint_splits("../run/old.pt", load_checkpoint("../run/old.pt"))["test"].n_classes == 8
     checkpoint["config"]["data"] = "gone.h5"
     torch.save(checkpoint, tmp_path / "run" / "old.pt")
     with pytest.raises(FileNotFoundError, match=rf"dataset file gone.h5 \(a relative path stored in ../run/old.pt\) does "
                                                 rf"not exist: tried {tmp_path / 'elsewhere' / 'gone.h5'}, "
                                                 rf".*{tmp_path / 'run' / 'gone.h5'}, {tmp_path / 'gone.h5'}; pass --data"):
-        checkpoint_splits("../run/old.pt", load_checkpoint("../run/old.pt")[2], checkpoint)
+        checkpoint_splits("../run/old.pt", load_checkpoint("../run/old.pt"))
 
 
 def test_resume_refuses_other_generated_glyphs(tiny_splits, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
-    config = TrainConfig(**{**TINY, "out": str(tmp_path / "run")})
+    config = MetaLSTMConfig(**{**TINY, "out": str(tmp_path / "run")})
     meta_train(config, progress=False)
     other = make_glyph_splits({"train": 20, "val": 8, "test": 8}, images_per_class=6, image_size=16, seed=5)
     monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": other)
@@ -159,7 +156,7 @@ def test_run_files_follow_the_umask_and_the_handlers_are_restored(tiny_data, tmp
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     umask = os.umask(0o027)
     try:
-        meta_train(TrainConfig(**{**TINY, "out": str(tmp_path / "run")}), progress=False)
+        meta_train(MetaLSTMConfig(**{**TINY, "out": str(tmp_path / "run")}), progress=False)
         train_optimizer(OptimizerTrainConfig(hidden_size=2, horizon=2, unroll=1, meta_batch=2, iterations=1, val_every=1,
                                              val_problems=2, device="cpu", out=str(tmp_path / "opt")), progress=False)
     finally:

@@ -1,5 +1,6 @@
 """End to end on tiny data: meta-training, checkpoints, resume, evaluation and the scripts."""
 
+import contextlib
 import csv
 import json
 import math
@@ -11,26 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 
-import fewshot_l2l.training as training
+import fewshot_l2l.runs.loop as loop
 from fewshot_l2l.adaptation import run_episodes
+from fewshot_l2l.checkpoints import load_checkpoint
 from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.evaluation import evaluate, mean_ci95
-from fewshot_l2l.training import TrainConfig, build_models, load_checkpoint, meta_train
+from fewshot_l2l.methods import build_method, new_learner
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
+from fewshot_l2l.schedules import run_progress, scheduled_lr
+from fewshot_l2l.training import meta_train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def tiny_data(monkeypatch, tiny_splits):
-    monkeypatch.setattr(training, "load_splits", lambda dataset, data=None, seed=0, rotate="auto": tiny_splits)
-    return tiny_splits
 
 
 def tiny_config(tmp_path, **overrides):
     values = dict(n_way=3, k_shot=1, n_query=2, inner_steps=2, meta_batch=2, episodes=8, hidden_size=4,
                   hidden_channels=4, val_every=4, val_episodes=4, device="cpu", out=str(tmp_path / "run"))
     values.update(overrides)
-    return TrainConfig(**values)
+    return MetaLSTMConfig(**values)
 
 
 def test_mean_ci95_formula():
@@ -44,19 +43,20 @@ def test_mean_ci95_formula():
 
 
 def test_default_inner_steps_follow_the_authors():
-    assert TrainConfig(k_shot=1).inner_steps == 12
-    assert TrainConfig(k_shot=5).inner_steps == 8
-    assert TrainConfig(k_shot=5, inner_steps=3).inner_steps == 3
+    assert MetaLSTMConfig(k_shot=1).inner_steps == 12
+    assert MetaLSTMConfig(k_shot=5).inner_steps == 8
+    assert MetaLSTMConfig(k_shot=5, inner_steps=3).inner_steps == 3
     with pytest.raises(ValueError, match="query_bn"):
-        TrainConfig(query_bn="running")
+        MetaLSTMConfig(query_bn="running")
     with pytest.raises(ValueError, match="meta_batch"):
-        TrainConfig(meta_batch=0)
+        MetaLSTMConfig(meta_batch=0)
 
 
 def test_meta_training_fits_a_fixed_meta_batch(tiny_splits):
     """The meta-gradient is useful: repeated meta-updates on one meta-batch drive its query loss down."""
-    config = TrainConfig(n_way=3, k_shot=1, n_query=3, inner_steps=3, hidden_size=8, hidden_channels=8, lr=0.01)
-    meta_learner, learner = build_models(config, tiny_splits["train"].image_shape)
+    config = MetaLSTMConfig(n_way=3, k_shot=1, n_query=3, inner_steps=3, hidden_size=8, hidden_channels=8, lr=0.01)
+    method = build_method(config, new_learner(config, tiny_splits["train"].image_shape))
+    meta_learner, learner = method.meta_learner, method.learner
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=config.lr)
     episode = EpisodeSampler(tiny_splits["train"], 3, 1, 3, seed=0).sample(4)
     losses = []
@@ -84,10 +84,10 @@ def test_meta_train_writes_checkpoints_and_metrics_and_resumes(tiny_data, tmp_pa
     with pytest.raises(FileExistsError, match="--resume"):
         meta_train(config, progress=False)
 
-    meta_learner, learner, loaded_config, checkpoint = load_checkpoint(run / "last.pt")
+    method, loaded_config, checkpoint = load_checkpoint(run / "last.pt")
     assert loaded_config.n_way == 3 and checkpoint["progress"]["state"]["update"] == 4
-    init, _, _, _ = load_checkpoint(run / "init.pt")
-    assert not torch.equal(init.theta_init, meta_learner.theta_init)  # training moved theta_0
+    init = load_checkpoint(run / "init.pt").method
+    assert not torch.equal(init.meta_learner.theta_init, method.meta_learner.theta_init)  # training moved theta_0
 
     longer = tiny_config(tmp_path, episodes=12, resume=True)
     assert meta_train(longer, progress=False)["episodes"] == 12
@@ -102,22 +102,21 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
     straight = meta_train(tiny_config(tmp_path / "a", episodes=8), progress=False)
     meta_train(tiny_config(tmp_path / "b", episodes=4), progress=False)
     resumed = meta_train(tiny_config(tmp_path / "b", episodes=8, resume=True), progress=False)
-    a, _, _, _ = load_checkpoint(straight["last"])
-    b, _, _, _ = load_checkpoint(resumed["last"])
+    a, b = (load_checkpoint(summary["last"]).method.model for summary in (straight, resumed))
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(pa, pb, atol=1e-6), name
 
 
 def test_evaluation_is_reproducible_from_a_seed(tiny_splits):
-    config = TrainConfig(n_way=3, k_shot=1, n_query=2, inner_steps=2, hidden_size=4, hidden_channels=4)
-    meta_learner, learner = build_models(config, tiny_splits["test"].image_shape)
-    run = lambda seed: evaluate(meta_learner, learner, tiny_splits["test"], 3, 1, 2, 2, n_episodes=10, seed=seed,  # noqa: E731
-                                batch_size=4, progress=False)
+    config = MetaLSTMConfig(n_way=3, k_shot=1, n_query=2, inner_steps=2, hidden_size=4, hidden_channels=4)
+    method = build_method(config, new_learner(config, tiny_splits["test"].image_shape))
+    run = lambda seed: evaluate(method, tiny_splits["test"], n_episodes=10, seed=seed, batch_size=4,  # noqa: E731
+                                progress=False)
     first, again, other = run(0), run(0), run(1)
     assert first.accuracies == again.accuracies and first.accuracies != other.accuracies
     assert first.n_episodes == len(first.accuracies) == 10
     assert (first.accuracy, first.ci95) == pytest.approx(mean_ci95(first.accuracies))
-    assert not any(p.grad is not None for p in meta_learner.parameters())
+    assert not any(p.grad is not None for p in method.model.parameters())
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -162,30 +161,33 @@ def test_max_minutes_stops_early_with_a_final_checkpoint(tiny_data, tmp_path):
 
 
 def test_cosine_schedule_values():
-    assert training.scheduled_lr(1e-3, "constant", 0.7) == 1e-3
-    assert training.scheduled_lr(1e-3, "cosine", 0.0) == pytest.approx(1e-3)
-    assert training.scheduled_lr(1e-3, "cosine", 0.5) == pytest.approx(0.5e-3)
-    assert training.scheduled_lr(1e-3, "cosine", 0.9) == pytest.approx(1e-3 * (1 + math.cos(0.9 * math.pi)) / 2)
-    assert training.scheduled_lr(1e-3, "cosine", 1.3) == pytest.approx(0.0, abs=1e-18)  # past the end: stays at 0
-    with pytest.raises(ValueError, match="TrainConfig: lr_schedule must be one of"):
-        TrainConfig(lr_schedule="step")
+    assert scheduled_lr(1e-3, "constant", 0.7) == 1e-3
+    assert scheduled_lr(1e-3, "cosine", 0.0) == pytest.approx(1e-3)
+    assert scheduled_lr(1e-3, "cosine", 0.5) == pytest.approx(0.5e-3)
+    assert scheduled_lr(1e-3, "cosine", 0.9) == pytest.approx(1e-3 * (1 + math.cos(0.9 * math.pi)) / 2)
+    assert scheduled_lr(1e-3, "cosine", 1.3) == pytest.approx(0.0, abs=1e-18)  # past the end: stays at 0
+    with pytest.raises(ValueError, match="MetaLSTMConfig: lr_schedule must be one of"):
+        MetaLSTMConfig(lr_schedule="step")
 
 
 def test_run_progress_is_the_larger_of_updates_and_time_spent():
-    assert training.run_progress(5, 10) == 0.5
-    assert training.run_progress(5, 10, elapsed_s=1e6) == 0.5  # no budget: the clock does not count
-    assert training.run_progress(2, 10, elapsed_s=90.0, max_minutes=2.0) == pytest.approx(0.75)  # 90 s of 120
-    assert training.run_progress(8, 10, elapsed_s=90.0, max_minutes=2.0) == pytest.approx(0.8)
-    assert training.run_progress(3, 10, elapsed_s=500.0, max_minutes=2.0) == 1.0
+    assert run_progress(5, 10) == 0.5
+    assert run_progress(5, 10, elapsed_s=1e6) == 0.5  # no budget: the clock does not count
+    assert run_progress(2, 10, elapsed_s=90.0, max_minutes=2.0) == pytest.approx(0.75)  # 90 s of 120
+    assert run_progress(8, 10, elapsed_s=90.0, max_minutes=2.0) == pytest.approx(0.8)
+    assert run_progress(3, 10, elapsed_s=500.0, max_minutes=2.0) == 1.0
 
 
 class _ClockAt:
-    """A stand-in for runs.Stopwatch whose clock always reads ``share`` of the time budget."""
+    """A stand-in for runs.loop.Stopwatch whose clock always reads ``share`` of the time budget."""
 
     share = 0.0
 
-    def __init__(self, elapsed_s: float = 0.0, max_minutes: float | None = None) -> None:
-        self.max_minutes = max_minutes
+    def __init__(self, elapsed_s: float = 0.0, max_minutes: float | None = None, validation_s: float = 0.0) -> None:
+        self.max_minutes, self.validation_s = max_minutes, validation_s
+
+    def validating(self):
+        return contextlib.nullcontext()
 
     @property
     def elapsed_s(self) -> float:
@@ -198,7 +200,7 @@ class _ClockAt:
 def test_cosine_schedule_follows_a_time_budget(tiny_data, tmp_path, monkeypatch):
     # 8 episodes at meta-batch 2: 4 updates. With 90% of the budget spent the last update steps with the rate at
     # 90% of the schedule, not at 3/4 as the update count alone would give.
-    monkeypatch.setattr(training, "Stopwatch", _ClockAt)
+    monkeypatch.setattr(loop, "Stopwatch", _ClockAt)
     monkeypatch.setattr(_ClockAt, "share", 0.9)
     summary = meta_train(tiny_config(tmp_path / "a", lr_schedule="cosine", max_minutes=5.0), progress=False)
     saved = torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"]

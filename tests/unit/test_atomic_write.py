@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from fewshot_l2l.utils import AtomicFile, atomic_torch_save, atomic_write
+from fewshot_l2l.files import AtomicFile, atomic_torch_save, atomic_write
 
 
 def test_atomic_write_creates_missing_folders_and_leaves_no_temporary_file(tmp_path):

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_l2l import learner as learner_module
-from fewshot_l2l.adaptation import adapt
+from fewshot_l2l.adaptation import InnerLoop, adapt
 from fewshot_l2l.cli.train import parse_args
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner
-from fewshot_l2l.training import AUTHORS_CONFIG, TrainConfig, authors_config, build_models
+from fewshot_l2l.methods import build_method, new_learner
+from fewshot_l2l.methods.meta_lstm import AUTHORS_CONFIG, MetaLSTMConfig, authors_config
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-3])
@@ -36,12 +37,12 @@ def test_forget_bias_is_drawn_from_the_given_range():
     # The same random number u: U(4, 6) draws 4 + 2u, U(4, 5) draws 4 + u.
     def bias(config):
         torch.manual_seed(7)
-        return build_models(config, (1, 16, 16))[0].cell.bias_forget.item()
-    ours, theirs = bias(TrainConfig(hidden_channels=2)), bias(authors_config(TrainConfig(hidden_channels=2)))
+        return build_method(config, new_learner(config, (1, 16, 16))).meta_learner.cell.bias_forget.item()
+    ours, theirs = bias(MetaLSTMConfig(hidden_channels=2)), bias(authors_config(MetaLSTMConfig(hidden_channels=2)))
     assert 4.0 <= theirs < 5.0 and 4.0 <= ours < 6.0
     assert ours - 4.0 == pytest.approx(2 * (theirs - 4.0), abs=1e-6)
     with pytest.raises(ValueError, match="forget_bias_init"):
-        TrainConfig(forget_bias_init=(5.0, 4.0))
+        MetaLSTMConfig(forget_bias_init=(5.0, 4.0))
 
 
 def test_divide_grad_feeds_the_meta_learner_the_gradient_over_the_batch_size():
@@ -49,8 +50,8 @@ def test_divide_grad_feeds_the_meta_learner_the_gradient_over_the_batch_size():
     meta_learner = MetaLearner(learner.init_params(torch.Generator().manual_seed(0)), hidden_size=3)
     support_x, support_y = torch.rand(1, 6, 1, 16, 16), torch.tensor([[0, 1, 2, 0, 1, 2]])
     with torch.no_grad():
-        got = adapt(meta_learner, learner, support_x, support_y, inner_steps=1, divide_grad=True)
-        plain = adapt(meta_learner, learner, support_x, support_y, inner_steps=1)
+        got = adapt(meta_learner, learner, support_x, support_y, InnerLoop(inner_steps=1, divide_grad=True))
+        plain = adapt(meta_learner, learner, support_x, support_y, 1)
     # By hand: the batch-mean cross-entropy's gradient, divided by the 6 support images, into one meta-learner step.
     theta = meta_learner.initial_theta(1).detach().requires_grad_()
     loss = F.cross_entropy(learner.logits(theta[0], support_x[0]), support_y[0])
@@ -68,8 +69,8 @@ def test_authors_config_is_one_flag_and_older_checkpoints_load_with_their_values
     assert config.k_shot == 5 and config.val_query_bn == "support"
     plain = parse_args([])
     assert (plain.meta_batch, plain.forget_bias_init, plain.divide_grad, plain.bn_eps) == (4, (4.0, 6.0), False, 1e-5)
-    old = {key: value for key, value in vars(TrainConfig(query_bn="support")).items()
+    old = {key: value for key, value in vars(MetaLSTMConfig(query_bn="support")).items()
            if key not in ("val_query_bn", "forget_bias_init", "divide_grad", "bn_eps")}
-    loaded = TrainConfig.from_dict(old)
+    loaded = MetaLSTMConfig.from_dict(old)
     assert (loaded.val_query_bn, loaded.forget_bias_init, loaded.divide_grad, loaded.bn_eps) == ("support", (4.0, 6.0), False, 1e-5)
-    assert TrainConfig.from_dict({}).val_query_bn == "batch"
+    assert MetaLSTMConfig.from_dict({}).val_query_bn == "batch"

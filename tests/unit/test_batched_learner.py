@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_l2l.adaptation import mean_cross_entropy, run_episodes, support_losses, use_batched_learner
+from fewshot_l2l.adaptation import InnerLoop, mean_cross_entropy, run_episodes, support_losses, use_batched_learner
 from fewshot_l2l.data.episodes import Episode
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner
-from fewshot_l2l.training import TrainConfig
+from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
 
 B, N_WAY, N_SUPPORT, N_QUERY = 3, 3, 6, 4
 
@@ -64,7 +64,7 @@ def test_meta_batch_loss_accuracy_and_meta_gradient_match_the_loop(query_bn):
     outcomes = []
     for mode in ("off", "on"):
         meta_learner.zero_grad()
-        result = run_episodes(meta_learner, learner, episode, inner_steps=3, query_bn=query_bn, batched_learner=mode)
+        result = run_episodes(meta_learner, learner, episode, InnerLoop(inner_steps=3, batched_learner=mode), query_bn)
         result.loss.backward()
         outcomes.append((result, [p.grad.clone() for p in meta_learner.parameters()]))
     (loop, loop_grads), (batched, batched_grads) = outcomes
@@ -81,8 +81,8 @@ def test_the_batched_path_is_chosen_on_cuda_only_unless_forced():
     assert use_batched_learner("on", cpu) and not use_batched_learner("off", cuda)
     with pytest.raises(ValueError, match=r"batched_learner must be one of \('auto', 'on', 'off'\), got 'yes'"):
         use_batched_learner("yes", cpu)
-    with pytest.raises(ValueError, match="TrainConfig: batched_learner"):
-        TrainConfig(batched_learner="yes")
+    with pytest.raises(ValueError, match="MetaLSTMConfig: batched_learner"):
+        MetaLSTMConfig(batched_learner="yes")
 
 
 def test_cross_entropy_of_the_batched_path_is_per_episode():

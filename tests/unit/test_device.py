@@ -5,8 +5,8 @@ import argparse
 import pytest
 import torch
 
-from fewshot_l2l.cli.args import device_arg
-from fewshot_l2l.utils import resolve_device
+from fewshot_l2l.devices import device_argument
+from fewshot_l2l.devices import resolve_device
 
 
 def test_auto_is_cuda_when_available_else_cpu(monkeypatch):
@@ -54,8 +54,8 @@ def test_backend_without_availability_query_is_tried():
         resolve_device("ipu")
 
 
-def test_device_argument_is_a_usage_error(monkeypatch):
+def test_device_argumentument_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(torch.mps, "is_available", lambda: False)
-    assert device_arg("cpu:0") == "cpu:0"  # as given: stored in the run's config
+    assert device_argument("cpu:0") == "cpu:0"  # as given: stored in the run's config
     with pytest.raises(argparse.ArgumentTypeError, match="device 'mps': no mps device is available"):
-        device_arg("mps")
+        device_argument("mps")

@@ -7,7 +7,8 @@ from fewshot_l2l.optim import LearnedOptimizer
 from fewshot_l2l.optim.layout import ParamLayout, segment_mean
 from fewshot_l2l.optim.ntm import NTMBFGSRule, memory_read, memory_write
 from fewshot_l2l.optim.per_type import LayerTypeRule
-from fewshot_l2l.optim.rules import AndrychowiczRule, build_rule
+from fewshot_l2l.optim.rules import AndrychowiczRule
+from fewshot_l2l.optim import build_rule
 
 LAYOUT = ParamLayout((3, 1, 4), ("conv", "fc", "conv"))
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_l2l.adaptation import adapt
-from fewshot_l2l.interop.learn2learn import MetaLSTM
+from fewshot_l2l.adaptation import InnerLoop, adapt
+from fewshot_l2l.interop.learn2learn import MetaLSTMAlgorithm
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner, meta_lstm_from_state_dict
 from fewshot_l2l.optim import LearnedOptimizer
@@ -25,7 +25,7 @@ def mlp() -> nn.Module:
 def test_adapted_parameters_equal_learned_optimizer_steps(rule_class):
     """k adapt() steps on a clone = k LearnedOptimizer steps of the same rule on a copy (in place, no graph)."""
     model, x, y = mlp(), torch.randn(10, 6), torch.randint(0, 3, (10,))
-    meta = MetaLSTM(model, rule=rule_class(hidden_size=5))
+    meta = MetaLSTMAlgorithm(model, rule=rule_class(hidden_size=5))
     copy_model = copy.deepcopy(model)
     optimizer = LearnedOptimizer(copy_model.parameters(), copy.deepcopy(meta.rule))
     learner = meta.clone()
@@ -66,14 +66,14 @@ def test_meta_gradient_equals_adaptation_adapt(first_order):
             return learner.logits(self.theta, images)
 
     step = meta_lstm_from_state_dict(meta_learner.state_dict()).double()
-    meta = MetaLSTM(FlatConv(meta_learner.theta_init), rule=MetaLSTMRule(step), first_order=first_order)
+    meta = MetaLSTMAlgorithm(FlatConv(meta_learner.theta_init), rule=MetaLSTMRule(step), first_order=first_order)
     clone = meta.clone()
     for _ in range(3):
         clone.adapt(F.cross_entropy(clone(support_x), support_y))
     ours = torch.autograd.grad(F.cross_entropy(clone(query_x), query_y), list(meta.parameters()))
     ours = dict(zip((name for name, _ in meta.named_parameters()), ours))
 
-    theta = adapt(meta_learner, learner, support_x[None], support_y[None], 3, second_order=not first_order)
+    theta = adapt(meta_learner, learner, support_x[None], support_y[None], InnerLoop(inner_steps=3, second_order=not first_order))
     names, params = zip(*meta_learner.named_parameters())
     reference = dict(zip(names, torch.autograd.grad(F.cross_entropy(learner.logits(theta[0], query_x), query_y), params)))
 
@@ -86,7 +86,7 @@ def test_meta_gradient_equals_adaptation_adapt(first_order):
 
 def test_second_order_differs_from_first_order():
     model, x, y = mlp(), torch.randn(10, 6), torch.randint(0, 3, (10,))
-    meta = MetaLSTM(model, hidden_size=5)
+    meta = MetaLSTMAlgorithm(model, hidden_size=5)
     with torch.no_grad():
         meta.rule.meta_lstm.cell.bias_input.fill_(-1.0)
     grads = {}
@@ -101,7 +101,7 @@ def test_second_order_differs_from_first_order():
 def test_frozen_parameters_stay_and_the_learner_owns_no_parameters():
     model = mlp()
     model[0].weight.requires_grad_(False)
-    meta = MetaLSTM(model, hidden_size=5)
+    meta = MetaLSTMAlgorithm(model, hidden_size=5)
     clone = meta.clone()
     clone.adapt(F.cross_entropy(clone(torch.randn(4, 6)), torch.zeros(4, dtype=torch.long)))
     assert "0.weight" not in clone.params and set(clone.params) == {"0.bias", "2.weight", "2.bias"}
@@ -110,13 +110,13 @@ def test_frozen_parameters_stay_and_the_learner_owns_no_parameters():
 
 def test_bad_inputs_say_what_is_wrong():
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
-        MetaLSTM("not a module")
+        MetaLSTMAlgorithm("not a module")
     with pytest.raises(TypeError, match="rule must be an UpdateRule"):
-        MetaLSTM(mlp(), rule=nn.Linear(1, 1))
+        MetaLSTMAlgorithm(mlp(), rule=nn.Linear(1, 1))
     with pytest.raises(ValueError, match="no trainable parameters"):
-        MetaLSTM(mlp().requires_grad_(False))
+        MetaLSTMAlgorithm(mlp().requires_grad_(False))
     model = nn.ModuleDict({"used": nn.Linear(2, 2), "unused": nn.Linear(2, 2)})
-    meta = MetaLSTM(model, hidden_size=3)
+    meta = MetaLSTMAlgorithm(model, hidden_size=3)
     clone = meta.clone()
     loss = lambda: clone.module["used"](torch.randn(3, 2)).sum()  # noqa: E731  (through theta_0 itself)
     with pytest.raises(ValueError, match="loss must be a scalar tensor"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_l2l.adaptation import adapt, run_episodes, support_losses
+from fewshot_l2l.adaptation import InnerLoop, adapt, run_episodes, support_losses
 from fewshot_l2l.data.episodes import EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 from fewshot_l2l.meta_learner import MetaLearner, meta_lstm_step
@@ -66,7 +66,7 @@ def tiny_problem(n_way=2, k_shot=2):
 def test_adapt_matches_naive_per_coordinate_reference():
     learner, meta, x, y = tiny_problem()
     steps = 3
-    theta_fast = adapt(meta, learner, x, y, inner_steps=steps)[0]
+    theta_fast = adapt(meta, learner, x, y, steps)[0]
 
     theta = meta.theta_init.tolist()
     H = meta.hidden_size
@@ -89,7 +89,7 @@ def test_unit_forget_gate_and_constant_input_gate_is_exactly_sgd():
         meta.cell.weight_input.zero_()
         meta.cell.bias_forget.fill_(1e3)  # sigmoid(f) == 1 exactly
         meta.cell.bias_input.fill_(math.log(lr / (1 - lr)))  # sigmoid(i) == lr
-    theta_meta = adapt(meta, learner, x, y, inner_steps=4)[0]
+    theta_meta = adapt(meta, learner, x, y, 4)[0]
 
     theta = meta.theta_init.detach().clone()
     for _ in range(4):
@@ -103,13 +103,13 @@ def test_episodes_in_a_meta_batch_are_independent():
     learner, meta, x, y = tiny_problem()
     x2 = torch.cat((x, torch.rand_like(x)))
     y2 = torch.cat((y, y))
-    batched = adapt(meta, learner, x2, y2, inner_steps=3)
-    alone = torch.cat([adapt(meta, learner, x2[b : b + 1], y2[b : b + 1], inner_steps=3) for b in range(2)])
+    batched = adapt(meta, learner, x2, y2, 3)
+    alone = torch.cat([adapt(meta, learner, x2[b : b + 1], y2[b : b + 1], 3) for b in range(2)])
     assert torch.allclose(batched, alone, atol=1e-12)
 
 
 def meta_loss(meta, learner, x, y, second_order):
-    theta = adapt(meta, learner, x, y, inner_steps=2, second_order=second_order)
+    theta = adapt(meta, learner, x, y, InnerLoop(inner_steps=2, second_order=second_order))
     return support_losses(learner, theta, x, y).sum()
 
 
@@ -213,9 +213,10 @@ def test_inner_batch_size_walks_through_the_support_set(tiny_splits):
     learner = ConvLearner(LearnerConfig(1, 16, 3, hidden_channels=2))
     meta = MetaLearner(learner.init_params(), hidden_size=4)
     episode = EpisodeSampler(tiny_splits["train"], 3, 2, 1, seed=0).sample(2)
-    full = run_episodes(meta, learner, episode, inner_steps=2)
-    mini = run_episodes(meta, learner, episode, inner_steps=2, inner_batch_size=2, generator=torch.Generator().manual_seed(0))
+    full = run_episodes(meta, learner, episode, 2)
+    mini = run_episodes(meta, learner, episode, InnerLoop(inner_steps=2, inner_batch_size=2),
+                        generator=torch.Generator().manual_seed(0))
     assert full.accuracy.shape == mini.accuracy.shape == (2,)
     assert full.loss.item() != pytest.approx(mini.loss.item(), rel=1e-6)
     with pytest.raises(ValueError, match="inner_steps"):
-        adapt(meta, learner, episode.support_x, episode.support_y, inner_steps=0)
+        adapt(meta, learner, episode.support_x, episode.support_y, 0)

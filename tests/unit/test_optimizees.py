@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_l2l.optim.problems import MLPProblems, QuadraticProblems, make_problems
+from fewshot_l2l.optim.problems import MLPProblems, QuadraticProblems
+from fewshot_l2l.optim import make_problems
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,25 @@
-"""The run folder both training loops share (fewshot_l2l.runs)."""
+"""The run folder of every training run (fewshot_l2l.runs.folder), and the loop's stopwatch."""
 
 import csv
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from fewshot_l2l.runs import RunFolder, Stopwatch, check_resume_config
+from fewshot_l2l.runs.folder import RunFolder, check_resume_config
+from fewshot_l2l.runs.loop import Stopwatch
+from fewshot_l2l.settings import Int, Settings, Text, setting
 
 COLUMNS = ("update", "episodes", "loss", "elapsed_s")
+
+
+@dataclass
+class Budgeted(Settings):
+    """A configuration with one setting that changes the experiment (seed) and two that may change on resume."""
+
+    seed: int = setting(0, Int(0), "seed")
+    budget: int = setting(1, Int(1), "budget", resumable=True)
+    out: str = setting("run", Text(), "folder", resumable=True)
 
 
 def test_run_folder_writes_the_log_like_csv_writer_and_refuses_to_overwrite(tmp_path):
@@ -53,8 +65,8 @@ def test_resume_checks_the_settings_and_drops_rows_logged_after_the_checkpoint(t
     resumed = RunFolder(tmp_path, COLUMNS, resume=True)
     assert resumed.resuming
     with pytest.raises(ValueError, match=r"--resume .*last.pt: .*\(seed: 0 -> 1\); only budget, out may change"):
-        resumed.resume({"seed": 0, "budget": 1}, {"seed": 1, "budget": 2}, {"budget", "out"}, step=2)
-    resumed.resume({"seed": 0, "budget": 1}, {"seed": 0, "budget": 2}, {"budget", "out"}, step=2)
+        resumed.resume(Budgeted(seed=0, budget=1), Budgeted(seed=1, budget=2), step=2)
+    resumed.resume(Budgeted(seed=0, budget=1), Budgeted(seed=0, budget=2), step=2)
     assert [row["update"] for row in resumed.read_metrics()] == [1.0, 2.0]
     resumed.log(update=3, episodes=12, loss=0.25, elapsed_s=2.0)
     assert [row["loss"] for row in resumed.read_metrics()] == [0.5, 0.5, 0.25]
@@ -82,9 +94,12 @@ import socket
 import subprocess
 import sys
 
-from fewshot_l2l.process import FolderLock, RunInterrupted, RunLockedError, StopSignals
-from fewshot_l2l.runs import NonFiniteError, NonFiniteGuard
-from fewshot_l2l.utils import meta_update, nonfinite_tensors, remove_stale_temps
+from fewshot_l2l.runs.process import FolderLock, RunInterrupted, RunLockedError, StopSignals
+from fewshot_l2l.runs.folder import NonFiniteError
+from fewshot_l2l.runs.loop import NonFiniteGuard
+from fewshot_l2l.runs.loop import meta_update
+from fewshot_l2l.finite import nonfinite_tensors
+from fewshot_l2l.files import remove_stale_temps
 
 
 def states_equal(a, b):
@@ -147,7 +162,7 @@ def test_no_checkpoint_is_written_with_nonfinite_values(tmp_path):
 
 
 def test_best_pt_is_written_before_last_pt(tmp_path, monkeypatch):
-    import fewshot_l2l.runs as runs
+    import fewshot_l2l.runs.folder as runs
 
     order = []
     monkeypatch.setattr(runs, "atomic_torch_save", lambda obj, path: order.append(path.name))
@@ -165,17 +180,17 @@ def test_resume_repairs_or_reports_a_missing_or_older_best_pt(tmp_path, capsys):
     run.best.unlink()  # as a crash between the two writes of an older version left it
     last = torch.load(run.last)
     with RunFolder(tmp_path, COLUMNS, resume=True) as resumed:
-        resumed.resume({}, {}, set(), step=8, saved_run=last["run"])
+        resumed.resume(Budgeted(), Budgeted(), step=8, saved_run=last["run"])
         assert torch.equal(torch.load(run.best)["w"], torch.ones(1))
     err = capsys.readouterr().err
     assert "best.pt was missing, though" in err and "records the best validation at step 8: repaired from last.pt" in err
     with RunFolder(tmp_path, COLUMNS, resume=True) as resumed:
-        resumed.resume({}, {}, set(), step=8, saved_run=last["run"])
+        resumed.resume(Budgeted(), Budgeted(), step=8, saved_run=last["run"])
         resumed.save({"w": torch.full((1,), 2.0)}, improved=False, step=12)
     assert torch.load(run.last)["run"] == {"step": 12, "best_step": 8}
     run.best.unlink()
     with RunFolder(tmp_path, COLUMNS, resume=True) as resumed:
-        resumed.resume({}, {}, set(), step=12, saved_run=torch.load(run.last)["run"])
+        resumed.resume(Budgeted(), Budgeted(), step=12, saved_run=torch.load(run.last)["run"])
     assert "best.pt is missing, though" in capsys.readouterr().err
     assert not run.best.exists()  # the best of step 8 is not last.pt's weights: nothing to repair it from
 
@@ -187,14 +202,14 @@ def test_resume_of_an_older_log_adds_the_new_columns(tmp_path):
         old.log(update=2, episodes=8, loss=0.25)
         old.save({}, improved=True, step=1)
     with RunFolder(tmp_path, COLUMNS, resume=True) as run:
-        run.resume({}, {}, set(), step=1)
+        run.resume(Budgeted(), Budgeted(), step=1)
         run.log(update=2, episodes=8, loss=0.2, elapsed_s=3.0)
         rows = run.read_metrics()
     assert [row["loss"] for row in rows] == [0.5, 0.2] and rows[0]["elapsed_s"] != rows[0]["elapsed_s"]  # NaN
 
 
 HOLD_LOCK = """import sys
-from fewshot_l2l.runs import RunFolder
+from fewshot_l2l.runs.folder import RunFolder
 with RunFolder(sys.argv[1], ("a",), False):
     print("locked", flush=True)
     sys.stdin.read()
@@ -294,3 +309,22 @@ def test_stop_signals_ask_once_stop_at_the_second_and_restore_the_handlers():
         with StopSignals():
             raise KeyError
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_time_budget_progress_bar_counts_the_minutes_not_the_sentinel_steps(capsys):
+    """Under --max-minutes the step budget is a sentinel (compare.py: 10**8 episodes): the bar shows the seconds."""
+    from fewshot_l2l.runs.loop import ProgressBar, Schedule
+
+    schedule = Schedule(unit="update", n_steps=10**8, val_every=10, max_minutes=2.0, max_nonfinite=1, hint="",
+                        description="train")
+    clock = Stopwatch(elapsed_s=30.0, max_minutes=2.0)
+    bar = ProgressBar(schedule, done=7, clock=clock, disable=False)
+    assert (bar.bar.total, bar.bar.n) == (120, 30)
+    clock.start -= 45  # 45 s later
+    bar.step(8, {"loss": "1.0"})
+    bar.close()
+    assert bar.bar.n == 75 and "75/120 s" in capsys.readouterr().err and "update=8, loss=1.0" in str(bar.bar)
+    untimed = ProgressBar(Schedule("update", 50, 10, None, 1, "", "train"), done=7, clock=Stopwatch(), disable=False)
+    untimed.step(8, {})
+    untimed.close()
+    assert (untimed.bar.total, untimed.bar.n) == (50, 8) and "8/50" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from fewshot_l2l.meta_learner import MetaLearner, MetaLSTM, MetaLSTMState, meta_lstm_from_state_dict
-from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule, build_rule
+from fewshot_l2l.optim.rules import AndrychowiczRule, MetaLSTMRule
+from fewshot_l2l.optim import build_rule
 
 
 def prep(x: float, p: float = 10.0) -> list[float]:
@@ -118,12 +119,15 @@ def test_build_rule_round_trips_config():
 
 def test_meta_lstm_rule_from_a_few_shot_checkpoint(tmp_path):
     from fewshot_l2l.optim import LearnedOptimizer
-    from fewshot_l2l.training import TrainConfig, build_models, checkpoint_state
-    from fewshot_l2l.utils import atomic_torch_save
+    from fewshot_l2l.checkpoints import checkpoint_state
+    from fewshot_l2l.files import atomic_torch_save
+    from fewshot_l2l.methods import build_method, new_learner
+    from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
 
-    config = TrainConfig(n_way=3, hidden_size=4, hidden_channels=2)
-    meta, learner = build_models(config, (1, 16, 16))
-    atomic_torch_save(checkpoint_state(meta, torch.optim.Adam(meta.parameters()), learner, config, {}), tmp_path / "best.pt")
+    config = MetaLSTMConfig(n_way=3, hidden_size=4, hidden_channels=2)
+    method = build_method(config, new_learner(config, (1, 16, 16)))
+    meta = method.meta_learner
+    atomic_torch_save(checkpoint_state(method, torch.optim.Adam(meta.parameters()), {}, {}), tmp_path / "best.pt")
     rule = MetaLSTMRule.from_checkpoint(tmp_path / "best.pt")
     assert type(rule.meta_lstm) is MetaLSTM  # the step module alone: the learner's theta_0 is no part of the rule
     for name, value in rule.meta_lstm.state_dict().items():

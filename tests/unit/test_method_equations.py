@@ -1,13 +1,14 @@
-"""The baselines' equations against naive or hand-written references on tiny cases."""
+"""The few-shot methods' equations (fine-tuning, Prototypical Networks, the MAML family) against naive or hand-written
+references on tiny cases."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_l2l.baselines.config import BaselineConfig
-from fewshot_l2l.baselines.finetune import HEAD_DAMPENING, HEAD_LR, HEAD_MOMENTUM, HEAD_WEIGHT_DECAY, fit_linear_heads
-from fewshot_l2l.baselines.network import ConvNet
-from fewshot_l2l.baselines.protonet import prototype_logits
+from fewshot_l2l.methods import build_method, method_config, new_learner
+from fewshot_l2l.methods.finetune import HEAD_DAMPENING, HEAD_LR, HEAD_MOMENTUM, HEAD_WEIGHT_DECAY, fit_linear_heads
+from fewshot_l2l.methods.network import ConvNet
+from fewshot_l2l.methods.protonet import prototype_logits
 from fewshot_l2l.data.episodes import Episode
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 
@@ -71,13 +72,13 @@ def test_linear_heads_fit_a_separable_toy_and_each_episode_follows_its_own_gradi
 @pytest.mark.parametrize("method", ["maml", "fomaml", "metasgd"])
 def test_learn2learn_methods_equal_a_hand_written_one_step_version(method, tiny_splits):
     pytest.importorskip("learn2learn")
-    from fewshot_l2l.baselines.maml import MAMLFamily
+    from fewshot_l2l.methods import method_class
 
     learner, theta = tiny_learner()
-    config = BaselineConfig(method=method, n_way=3, n_query=3, hidden_channels=2)
-    algorithm = MAMLFamily(config, learner, theta, tiny_splits["train"])
+    config = method_config(method, n_way=3, n_query=3, hidden_channels=2)
+    algorithm = method_class(method)(config, learner, theta)
     episode = tiny_episode()
-    loss, _ = algorithm.training_loss(episode)
+    loss, _ = algorithm.training_loss(episode, torch.Generator())
     loss.backward()
     got = torch.cat([p.grad.reshape(-1) for p in algorithm.net.parameters()])
     # By hand, on the flat vector: one SGD step on the support set, the query loss at the adapted parameters.
@@ -102,10 +103,10 @@ def test_learn2learn_methods_equal_a_hand_written_one_step_version(method, tiny_
 def test_the_baselines_import_without_learn2learn_and_name_it_when_needed(monkeypatch, tiny_splits):
     import sys
 
-    from fewshot_l2l.baselines.training import build_method
-
     monkeypatch.setitem(sys.modules, "learn2learn", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "learn2learn.algorithms", None)
     with pytest.raises(ModuleNotFoundError, match=r"--method maml \(learn2learn\) needs the optional dependency"):
-        build_method(BaselineConfig(method="maml", n_way=3, n_query=3, hidden_channels=2), tiny_splits["train"])
-    assert build_method(BaselineConfig(method="protonet", n_way=3, n_query=3, hidden_channels=2), tiny_splits["train"]) is not None
+        config = method_config("maml", n_way=3, n_query=3, hidden_channels=2)
+        build_method(config, new_learner(config, tiny_splits["train"].image_shape))
+    config = method_config("protonet", n_way=3, n_query=3, hidden_channels=2)
+    assert build_method(config, new_learner(config, tiny_splits["train"].image_shape)) is not None

@@ -1,5 +1,5 @@
-"""The run folder that both meta-training loops share (few-shot :mod:`fewshot_l2l.training` and
-learned-optimizer :mod:`fewshot_l2l.optim.training`).
+"""The run folder of every training run (few-shot methods, :mod:`fewshot_l2l.training`, and learned update rules,
+:mod:`fewshot_l2l.optim.rule_training`), written by the one loop (:mod:`.loop`).
 
 ``RUN_DIR`` holds:
 
@@ -14,14 +14,10 @@ learned-optimizer :mod:`fewshot_l2l.optim.training`).
 files of writers that were killed, refuses to start over an existing run unless
 asked to resume, refuses to resume under settings that change the experiment,
 never writes a checkpoint holding a NaN or an infinity, and writes every file
-through :func:`fewshot_l2l.utils.atomic_write` (a crash never leaves a
+through :func:`fewshot_l2l.files.atomic_write` (a crash never leaves a
 truncated checkpoint or a half-written CSV line). Used as a context manager, it
 releases the lock at the end and, when the start failed before any checkpoint,
-removes the folder it created. :class:`Stopwatch` keeps the training time across
-resumes for the ``max_minutes`` budget; :class:`NonFiniteGuard` counts the
-meta-updates skipped for a non-finite meta-loss or meta-gradient and stops a run
-that keeps producing them. The loops keep their algorithm, their checkpoint
-contents and their validation; only this bookkeeping is shared.
+removes the folder it created.
 """
 
 from __future__ import annotations
@@ -30,16 +26,16 @@ import csv
 import io
 import os
 import shutil
-import time
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable
 
 import torch
 
-from .plots import plot_training_curves
+from ..files import atomic_torch_save, atomic_write, remove_stale_temps
+from ..finite import nonfinite_tensors
 from .process import LOCK_NAME, FolderLock, note
-from .utils import atomic_torch_save, atomic_write, nonfinite_tensors, remove_stale_temps
 
 
 class NonFiniteError(RuntimeError):
@@ -140,18 +136,19 @@ class RunFolder:
         self._write_checkpoint(checkpoint, self.init)
         atomic_write(self.metrics, lambda tmp: tmp.write_bytes(_csv_bytes([self.columns])))
 
-    def resume(self, saved_config: dict, config: dict, may_change: set[str], step: int, saved_run: dict | None = None) -> None:
+    def resume(self, saved_config: Any, config: Any, step: int, saved_run: dict | None = None) -> None:
         """Continue the run whose ``last.pt`` holds ``saved_config`` and reached ``step``.
 
-        Raises ``ValueError`` (naming each setting) when ``config`` differs from
-        ``saved_config`` outside ``may_change``. Rows logged after ``step`` (by a
+        Raises ``ValueError`` (naming each setting) when ``config`` differs from ``saved_config`` in a setting that
+        is not declared resumable (:meth:`fewshot_l2l.settings.Settings.resumable_fields`; both configurations
+        are :class:`~fewshot_l2l.settings.Settings` dataclasses of the same class). Rows logged after ``step`` (by a
         run stopped between writing its row and its checkpoint) are dropped, so the
         resumed log has each step once; a log with fewer columns (an older
         version's) gets the new ones, empty. ``saved_run`` is ``last.pt``'s
         ``"run"`` entry (written by :meth:`save`): ``best.pt`` is checked against
         the best it records.
         """
-        check_resume_config(saved_config, config, may_change, self.last)
+        check_resume_config(asdict(saved_config), asdict(config), type(config).resumable_fields(), self.last)
         rows, header = [], list(self.columns)
         if self.metrics.exists():
             with open(self.metrics, newline="") as file:
@@ -250,72 +247,3 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:  # not empty (someone else's file) or gone: leave it and its parents
             return
-
-
-def record_validation(run: "RunFolder", bar: Any, state: dict, val: Any, train_loss: float, train_acc: float,
-                      skipped_updates: int, title: str, chance: float) -> bool:
-    """What every few-shot training loop does with a validation result: the ``metrics.csv`` row (columns
-    update, episodes, train_loss, train_acc, val_acc, val_ci95, elapsed_s, skipped_updates, from ``state``
-    and the interval's figures), ``curves.png`` redrawn, one line under the progress ``bar``, and
-    ``state["best_val_acc"]`` raised when ``val`` (an :class:`fewshot_l2l.evaluation.EvalResult`) beats it.
-    Returns whether it did (the checkpoint is then also ``best.pt``)."""
-    run.log(update=state["update"], episodes=state["episodes"], train_loss=train_loss, train_acc=train_acc,
-            val_acc=val.accuracy, val_ci95=val.ci95, elapsed_s=state["elapsed_s"], skipped_updates=skipped_updates)
-    plot_training_curves(run.read_metrics(), run.path / "curves.png", title, chance=chance)
-    skipped_note = f", {skipped_updates} meta-updates skipped (non-finite)" if skipped_updates else ""
-    bar.write(f"update {state['update']}: episodes {state['episodes']}, train acc {train_acc:.3f}, val acc {val}"
-              f"{skipped_note}")
-    improved = val.accuracy > state["best_val_acc"]
-    if improved:
-        state["best_val_acc"] = val.accuracy
-    return improved
-
-
-class NonFiniteGuard:
-    """Counts the meta-updates that :func:`fewshot_l2l.utils.meta_update` skipped (non-finite meta-loss or
-    meta-gradient) and stops the run after ``max_in_a_row`` of them in a row.
-
-    ``skipped`` counts since the last :meth:`take_interval` (the metrics column);
-    :meth:`state` / ``state=`` carry the counts through a checkpoint, for an exact resume.
-    """
-
-    def __init__(self, max_in_a_row: int, state: dict | None = None) -> None:
-        self.max_in_a_row = max_in_a_row
-        self.in_a_row, self.skipped = (state or {}).get("in_a_row", 0), (state or {}).get("skipped", 0)
-
-    def record(self, stepped: bool, where: str, hint: str) -> None:
-        """Count one meta-update (``where``: e.g. ``"update 57"``); raise :class:`NonFiniteError` after too many skips."""
-        if stepped:
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        self.skipped += 1
-        if self.in_a_row >= self.max_in_a_row:
-            raise NonFiniteError(
-                f"{self.in_a_row} meta-updates in a row, up to {where}, had a non-finite meta-loss or meta-gradient "
-                f"and were skipped: the run stops (the weights are those before them; no checkpoint holds a NaN). {hint}"
-            )
-
-    def take_interval(self) -> int:
-        """The number skipped since the previous call (the metrics column), and reset it."""
-        skipped, self.skipped = self.skipped, 0
-        return skipped
-
-    def state(self) -> dict[str, Any]:
-        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
-
-
-class Stopwatch:
-    """Training time of a run, continued from ``elapsed_s`` when it resumes, against ``max_minutes`` (or none)."""
-
-    def __init__(self, elapsed_s: float = 0.0, max_minutes: float | None = None) -> None:
-        self.start = time.time() - elapsed_s
-        self.max_minutes = max_minutes
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.time() - self.start
-
-    def out_of_time(self) -> bool:
-        """Whether the budget is spent (never without ``max_minutes``)."""
-        return self.max_minutes is not None and self.elapsed_s >= 60 * self.max_minutes

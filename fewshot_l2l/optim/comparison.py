@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .layout import ParamLayout
 from .problems import ProblemBatch
 from .rules import UpdateRule
-from ..utils import finite_or_none
+from ..finite import finite_or_none
 
 BASELINES: dict[str, Callable[[Tensor, float], torch.optim.Optimizer]] = {
     "sgd": lambda theta, lr: torch.optim.SGD([theta], lr=lr),
@@ -203,11 +203,11 @@ def tune_baseline(name: str, problems: ProblemBatch, steps: int, lr_grid=DEFAULT
     return lr_final, lr_sum
 
 
-def compare(rule: UpdateRule, distribution, horizon: int, n_test: int = 100, n_tune: int = 100, seed: int = 0,
+def compare_with_baselines(rule: UpdateRule, distribution, horizon: int, n_test: int = 100, n_tune: int = 100, seed: int = 0,
             lr_grid=DEFAULT_LR_GRID, baselines=tuple(BASELINES), progress: bool = True) -> Comparison:
     """Evaluate ``rule`` against tuned ``baselines`` on ``n_test`` fresh problems of ``distribution``."""
     if horizon < 1 or n_test < 1 or n_tune < 1:
-        raise ValueError(f"compare: horizon, n_test and n_tune must be >= 1, got {horizon}, {n_test}, {n_tune}")
+        raise ValueError(f"compare_with_baselines: horizon, n_test and n_tune must be >= 1, got {horizon}, {n_test}, {n_tune}")
     tune_problems = distribution.sample(n_tune, seed, split="tune")
     test_problems = distribution.sample(n_test, seed, split="test")
     learned = rule_curve(rule, test_problems, horizon)

@@ -1,5 +1,5 @@
 """Data-parallel meta-training on ``torch.distributed``: process-group setup and the rank-aware helpers
-that :func:`fewshot_l2l.training.meta_train` calls.
+that :func:`fewshot_l2l.runs.loop.train_loop` and :func:`fewshot_l2l.training.meta_train` call.
 
 Launched as ``torchrun --nproc_per_node=N scripts/train.py ...`` (see docs/distributed.md), each of
 the ``W`` ranks of a meta-update
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .utils import resolve_device
+from ..devices import resolve_device
 
 # Rank 0 validates (minutes on a CPU) while the others wait at a barrier; the default timeouts
 # (10 minutes for NCCL) would abort a long validation.
@@ -88,7 +88,7 @@ def current() -> DistContext:
 
 def rank_device(device: str | torch.device, local_rank: int, distributed: bool) -> torch.device:
     """The device of one rank: ``auto`` and an unindexed ``cuda`` become ``cuda:LOCAL_RANK`` under
-    a process group (one GPU per rank); everything else is :func:`fewshot_l2l.utils.resolve_device`."""
+    a process group (one GPU per rank); everything else is :func:`fewshot_l2l.devices.resolve_device`."""
     resolved = resolve_device(device)
     if distributed and resolved.type == "cuda" and resolved.index is None:
         return resolve_device(f"cuda:{local_rank}")
