@@ -71,6 +71,12 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
     return lambda: read_image_file(path, "omniglot")
 
 
+def _unsafe_member(name: str) -> bool:
+    """Whether the zip member ``name`` points outside the folder it would be extracted into, or elsewhere on another
+    system: an absolute path, a drive (``C:``), a ``..`` part, or a backslash (a separator on Windows)."""
+    return name.startswith("/") or "\\" in name or name[1:2] == ":" or ".." in name.split("/")
+
+
 def list_images(sources: list[str | Path]) -> list[OmniglotImage]:
     """Every drawing of the ``sources`` (zips or folders), duplicates across sources merged once, sorted."""
     if not sources:
@@ -91,6 +97,12 @@ def list_images(sources: list[str | Path]) -> list[OmniglotImage]:
             for info in archive.infolist():
                 if info.filename.lower().endswith(".png"):
                     origin = f"{source}:{info.filename}"
+                    if _unsafe_member(info.filename):  # its last three parts would make a bogus alphabet
+                        raise ValueError(
+                            f"omniglot source {origin}: unsafe path (absolute, a drive, a '..' part or a backslash); "
+                            "Omniglot zips hold only <alphabet>/<character>/<file>.png paths: remove the member "
+                            "or use the official zips"
+                        )
                     entries.append((tuple(info.filename.split("/")), origin, _zip_reader(archive, info, origin)))
         usable = [e for e in entries if len(e[0]) >= 3]
         if not usable:

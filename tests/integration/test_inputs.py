@@ -375,6 +375,19 @@ def test_an_image_over_pillows_pixel_limit_is_refused_not_decoded_with_a_warning
     assert not (tmp_path / "o.h5").exists()
 
 
+@pytest.mark.parametrize("member", ["../evil.png", "/abs/x/y.png", "Greek/../../evil2.png", "bg/A0/../../A9/c/x.png",
+                                    "bg\\..\\A9/character0/x.png", "C:/A9/character0/x.png"])
+def test_zip_members_with_unsafe_paths_are_refused_by_name(member, tmp_path):
+    """Case 12: such members were (rightly) not extracted but silently became alphabets of one image each."""
+    source = make_omniglot_zip(tmp_path / "bg.zip", size=8)
+    with zipfile.ZipFile(source, "a") as archive:
+        archive.writestr(member, png_bytes(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(ValueError, match="unsafe path"):
+        omniglot.list_images([source])
+    assert_one_line_error(prepare("omniglot", source, tmp_path / "o.h5"), f"{source}:{member}", "unsafe path")
+    assert not (tmp_path / "o.h5").exists()
+
+
 def declare_size(path: Path, member: str, size: int) -> None:
     """Make the zip's central directory claim that ``member`` decompresses to ``size`` bytes."""
     data = bytearray(path.read_bytes())
