@@ -3,6 +3,7 @@ untrusted pickles. Each test here failed before the input checks existed (the fi
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -256,13 +257,26 @@ def test_only_our_errors_lose_their_traceback(tmp_path):
     with pytest.raises(SystemExit, match=r"error: HDF5Writer .*x.h5: splits not completely written: train \(0/4\)"):
         ours([])
 
-    @command
-    def interrupted(argv=None):
-        raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):  # left to the signal handling of the training loops
-        interrupted([])
 
+INTERRUPTED_LINE = f"{PROG}: interrupted (Ctrl-C); no file was left half-written"
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_ctrl_c_in_every_command_is_one_line_and_exit_130(module, tmp_path, monkeypatch):
+    """Issue 31, case 10: Ctrl-C outside the training loops' own handling printed a KeyboardInterrupt traceback."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # what Python's SIGINT handler raises: here, as the command line is being parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", interrupt)
+    try:
+        outcome = run_cli(module, *_failing_argv(module, tmp_path))
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the command: a traceback for the user")
+    assert (outcome.code, outcome.escaped) == (130, None), outcome.err
+    assert outcome.err.splitlines() == [INTERRUPTED_LINE]
+    with pytest.raises(KeyboardInterrupt):  # --debug: the traceback
+        run_cli(module, *_failing_argv(module, tmp_path), env={"FEWSHOT_L2L_DEBUG": "1"})
 
 
 # --- no silent coercion (finding 9) ---------------------------------------------------------------------------

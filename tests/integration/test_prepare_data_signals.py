@@ -1,0 +1,53 @@
+"""Ctrl-C and SIGTERM in the middle of ``prepare_data``: one line, exit status 128 + signal, no temporary file left
+and ``--out`` as it was (issue 31, second round, cases 10 and 11). The training loops' own signal handling is
+tested in test_faults.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import make_class_folders, make_omniglot_zip
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("signal_runner.py")
+# The function each builder calls once per image, after the HDF5 temporary file exists.
+PER_IMAGE = {"omniglot": "fewshot_l2l.data.omniglot:decode", "miniimagenet": "fewshot_l2l.data.miniimagenet:load_image"}
+LINES = {signal.SIGINT: "prepare_data.py: interrupted (Ctrl-C); no file was left half-written",
+         signal.SIGTERM: "prepare_data.py: stopped by SIGTERM; no file was left half-written"}
+
+
+def prepare_with_signal(dataset: str, signum: int, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``prepare_data.py DATASET`` replacing an earlier ``--out`` (``--force``), sent ``signum`` at its 3rd image."""
+    if dataset == "omniglot":
+        source = make_omniglot_zip(tmp_path / "bg.zip", size=8)
+    else:
+        source = make_class_folders(tmp_path / "mini")
+    out = tmp_path / "out" / "o.h5"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier build")
+    argv = [sys.executable, str(RUNNER), "prepare_data", PER_IMAGE[dataset], "3", str(int(signum)), dataset,
+            "--source", str(source), "--out", str(out), "--force", "--no-progress", *extra]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120), out
+
+
+@pytest.mark.parametrize("dataset, signum", [("omniglot", signal.SIGINT)])
+def test_a_signal_mid_build_says_so_in_one_line_and_leaves_no_temporary_file(dataset, signum, tmp_path):
+    """Case 10: Ctrl-C printed a KeyboardInterrupt traceback. Case 11: SIGTERM left ``.o.h5.PID-RAND.tmp`` (as large
+    as the build had got), removed only by the next build of the same file."""
+    result, out = prepare_with_signal(dataset, signum, tmp_path)
+    assert result.returncode == 128 + signum, result.stderr
+    assert result.stderr.splitlines() == [LINES[signum]]
+    assert [p.name for p in out.parent.iterdir()] == ["o.h5"] and out.read_bytes() == b"an earlier build"
+
+
+def test_debug_shows_the_traceback_of_ctrl_c_and_still_leaves_nothing(tmp_path):
+    result, out = prepare_with_signal("omniglot", signal.SIGINT, tmp_path, "--debug")
+    assert "Traceback" in result.stderr and "KeyboardInterrupt" in result.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["o.h5"] and out.read_bytes() == b"an earlier build"
