@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import make_class_folders, make_omniglot_zip
+from cli_helpers import make_class_folders, make_omniglot_zip, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("signal_runner.py")
@@ -37,7 +37,8 @@ def prepare_with_signal(dataset: str, signum: int, tmp_path: Path, *extra: str) 
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120), out
 
 
-@pytest.mark.parametrize("dataset, signum", [("omniglot", signal.SIGINT)])
+@pytest.mark.parametrize("dataset, signum", [("omniglot", signal.SIGINT), ("omniglot", signal.SIGTERM),
+                                             ("miniimagenet", signal.SIGTERM)])
 def test_a_signal_mid_build_says_so_in_one_line_and_leaves_no_temporary_file(dataset, signum, tmp_path):
     """Case 10: Ctrl-C printed a KeyboardInterrupt traceback. Case 11: SIGTERM left ``.o.h5.PID-RAND.tmp`` (as large
     as the build had got), removed only by the next build of the same file."""
@@ -51,3 +52,20 @@ def test_debug_shows_the_traceback_of_ctrl_c_and_still_leaves_nothing(tmp_path):
     result, out = prepare_with_signal("omniglot", signal.SIGINT, tmp_path, "--debug")
     assert "Traceback" in result.stderr and "KeyboardInterrupt" in result.stderr
     assert [p.name for p in out.parent.iterdir()] == ["o.h5"] and out.read_bytes() == b"an earlier build"
+
+
+def test_prepare_data_called_from_python_restores_sigterm_and_respects_a_handler_of_its_caller(tmp_path):
+    source = make_omniglot_zip(tmp_path / "bg.zip", size=8)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert run_cli("prepare_data", "omniglot", "--source", source, "--out", tmp_path / "a.h5", "--no-progress").status == 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def callers_handler(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, callers_handler)
+    try:
+        outcome = run_cli("prepare_data", "omniglot", "--source", source, "--out", tmp_path / "b.h5", "--no-progress")
+        assert outcome.status == 0 and signal.getsignal(signal.SIGTERM) is callers_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
