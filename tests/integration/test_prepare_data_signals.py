@@ -22,6 +22,13 @@ LINES = {signal.SIGINT: "prepare_data.py: interrupted (Ctrl-C); no file was left
          signal.SIGTERM: "prepare_data.py: stopped by SIGTERM; no file was left half-written"}
 
 
+def prepare_data(target: str, call: int, signum: int, *argv) -> subprocess.CompletedProcess:
+    """``prepare_data.py ARGV`` in a process that sends itself ``signum`` at the ``call``-th call of ``target``."""
+    command = [sys.executable, str(RUNNER), "prepare_data", target, str(call), str(int(signum)), *map(str, argv)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
 def prepare_with_signal(dataset: str, signum: int, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
     """``prepare_data.py DATASET`` replacing an earlier ``--out`` (``--force``), sent ``signum`` at its 3rd image."""
     if dataset == "omniglot":
@@ -31,10 +38,8 @@ def prepare_with_signal(dataset: str, signum: int, tmp_path: Path, *extra: str) 
     out = tmp_path / "out" / "o.h5"
     out.parent.mkdir()
     out.write_bytes(b"an earlier build")
-    argv = [sys.executable, str(RUNNER), "prepare_data", PER_IMAGE[dataset], "3", str(int(signum)), dataset,
-            "--source", str(source), "--out", str(out), "--force", "--no-progress", *extra]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120), out
+    return prepare_data(PER_IMAGE[dataset], 3, signum, dataset, "--source", source, "--out", out, "--force",
+                        "--no-progress", *extra), out
 
 
 @pytest.mark.parametrize("dataset, signum", [("omniglot", signal.SIGINT), ("omniglot", signal.SIGTERM),
@@ -46,6 +51,16 @@ def test_a_signal_mid_build_says_so_in_one_line_and_leaves_no_temporary_file(dat
     assert result.returncode == 128 + signum, result.stderr
     assert result.stderr.splitlines() == [LINES[signum]]
     assert [p.name for p in out.parent.iterdir()] == ["o.h5"] and out.read_bytes() == b"an earlier build"
+
+
+def test_sigterm_during_a_download_leaves_no_staging_folder(tmp_path):
+    """Case 11: the download's staging folder ``.images_background.zip.download-XXXX/`` was left too."""
+    zips = tmp_path / "zips"
+    result = prepare_data("torchvision.datasets.utils:download_url", 1, signal.SIGTERM, "omniglot", "--download",
+                          "--source", zips, "--out", tmp_path / "o.h5", "--no-progress")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr.splitlines() == [LINES[signal.SIGTERM]]
+    assert list(zips.iterdir()) == [] and not (tmp_path / "o.h5").exists()
 
 
 def test_debug_shows_the_traceback_of_ctrl_c_and_still_leaves_nothing(tmp_path):
