@@ -70,7 +70,7 @@ def read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str
     try:
         with archive.open(info) as file:
             return read_capped(file, info.file_size, origin, dataset)
-    except _READ_ERRORS as error:  # opening: a damaged local header
+    except (*_READ_ERRORS, RuntimeError, NotImplementedError) as error:  # a damaged header, encrypted, another method
         raise ValueError(f"{dataset}: unreadable image {origin} (corrupt file?): {error}") from error
 
 

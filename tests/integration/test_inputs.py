@@ -468,3 +468,16 @@ def test_the_image_reader_stops_at_the_cap_whatever_the_size_declared(monkeypatc
     with pytest.raises(ValueError, match="omniglot: image x.zip:a/b/c.png holds more than 1000 bytes"):
         images.read_capped(source, 10, "x.zip:a/b/c.png", "omniglot")
     assert source.tell() == 1001
+
+
+@pytest.mark.parametrize("offset, set_field", [(8, lambda flags: flags | 1), (10, lambda method: 99)],
+                         ids=["encrypted", "compression-method-99"])
+def test_an_encrypted_or_unsupported_zip_member_is_named(offset, set_field, tmp_path):
+    """Found beside case 13: zipfile's RuntimeError (encrypted) and NotImplementedError (method) were tracebacks."""
+    source = make_omniglot_zip(tmp_path / "bg.zip", size=8)
+    data = bytearray(source.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first member's directory entry: its flags (8) or method (10) field
+    struct.pack_into("<H", data, entry + offset, set_field(struct.unpack_from("<H", data, entry + offset)[0]))
+    source.write_bytes(bytes(data))
+    assert_one_line_error(prepare("omniglot", source, tmp_path / "o.h5"), f"{source}:bg/A0/character0/x_00.png",
+                          "unreadable image")
