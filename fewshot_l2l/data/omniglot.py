@@ -195,8 +195,9 @@ def build_omniglot(sources: list[str | Path], out: str | Path, image_size: int =
     by_class: dict[str, list[OmniglotImage]] = {}
     for image in images:
         by_class.setdefault(image.class_name, []).append(image)
-    bar = tqdm(total=len(images), desc="omniglot", unit="img", disable=not progress)
-    with HDF5Writer(out, "omniglot", (1, image_size, image_size), build=build, rotated_splits=rotated) as writer:
+    # The bar is closed (its line ended) by any exit, so that an error or Ctrl-C message starts a line of its own.
+    with tqdm(total=len(images), desc="omniglot", unit="img", disable=not progress) as bar, \
+            HDF5Writer(out, "omniglot", (1, image_size, image_size), build=build, rotated_splits=rotated) as writer:
         for name in SPLIT_NAMES:
             classes = split_classes[name]
             split_images = [image for c in classes for image in by_class[c]]
@@ -206,5 +207,4 @@ def build_omniglot(sources: list[str | Path], out: str | Path, image_size: int =
                 pixels[index, 0] = decode(image, image_size)
                 bar.update(1)
             writer.split(name, len(split_images), classes).write(pixels, labels)
-    bar.close()
     return alphabets

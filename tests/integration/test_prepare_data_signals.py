@@ -29,7 +29,8 @@ def prepare_data(target: str, call: int, signum: int, *argv) -> subprocess.Compl
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
-def prepare_with_signal(dataset: str, signum: int, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+def prepare_with_signal(dataset: str, signum: int, tmp_path: Path, *extra: str,
+                        progress: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
     """``prepare_data.py DATASET`` replacing an earlier ``--out`` (``--force``), sent ``signum`` at its 3rd image."""
     if dataset == "omniglot":
         source = make_omniglot_zip(tmp_path / "bg.zip", size=8)
@@ -39,7 +40,7 @@ def prepare_with_signal(dataset: str, signum: int, tmp_path: Path, *extra: str) 
     out.parent.mkdir()
     out.write_bytes(b"an earlier build")
     return prepare_data(PER_IMAGE[dataset], 3, signum, dataset, "--source", source, "--out", out, "--force",
-                        "--no-progress", *extra), out
+                        *([] if progress else ["--no-progress"]), *extra), out
 
 
 @pytest.mark.parametrize("dataset, signum", [("omniglot", signal.SIGINT), ("omniglot", signal.SIGTERM),
@@ -84,3 +85,10 @@ def test_prepare_data_called_from_python_restores_sigterm_and_respects_a_handler
         assert outcome.status == 0 and signal.getsignal(signal.SIGTERM) is callers_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_line_is_not_appended_to_the_progress_bar(tmp_path):
+    """Omniglot's bar was left unfinished, so the Ctrl-C line went on the bar's line."""
+    result, _ = prepare_with_signal("omniglot", signal.SIGINT, tmp_path, progress=True)
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert result.stderr.splitlines()[-1] == LINES[signal.SIGINT], result.stderr
