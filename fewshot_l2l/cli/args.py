@@ -10,7 +10,8 @@
 * :func:`command` wraps every ``main``: an error the library raises for bad input (a missing or
   corrupt file, a setting it refuses) is printed as one line ``PROG: error: MESSAGE`` on stderr and
   exits with status 1, not as a traceback; ``--debug`` (or ``FEWSHOT_L2L_DEBUG=1``) shows the
-  traceback instead. Anything else (a bug) keeps its traceback.
+  traceback instead. Anything else (a bug) keeps its traceback. Ctrl-C (``KeyboardInterrupt``) is one line
+  ``PROG: interrupted (Ctrl-C); ...`` and exit status 130, its traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import functools
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -36,6 +38,11 @@ USER_ERRORS = (ValueError, OSError, ImportError)
 # inside torch or another library they are bugs, and keep their traceback.
 OWN_ERRORS = (RuntimeError, KeyError)
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+# What is true of every command stopped by Ctrl-C (or, in prepare_data, SIGTERM): each file goes through the one
+# atomic writer (fewshot_l2l.utils.AtomicFile), which removes its temporary file when an exception leaves it,
+# so a file is whole or absent. (The training loops catch SIGINT themselves and save last.pt first.)
+INTERRUPTED_NOTE = "no file was left half-written"
+INTERRUPTED_STATUS = 128 + signal.SIGINT  # the shell's convention, as a run stopped by SIGINT (process.RunInterrupted)
 
 
 def prog() -> str:
@@ -138,14 +145,18 @@ def error_message(error: BaseException) -> str:
 
 
 def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
-    """Decorator of a front end's ``main(argv=None)``: user errors as one line, exit status 1.
+    """Decorator of a front end's ``main(argv=None)``: user errors as one line, exit status 1; Ctrl-C as one line, 130.
 
     The line is ``PROG: error: MESSAGE`` on stderr, raised as ``SystemExit(line)``
     (Python prints it and exits with status 1), so a caller running ``main`` in
-    its process sees ``SystemExit`` as from ``sys.exit``. ``SystemExit`` itself
-    (usage errors: argparse prints them and exits with 2), ``KeyboardInterrupt``
-    and every other ``BaseException`` pass through untouched. ``--debug`` on the
-    command line or ``FEWSHOT_L2L_DEBUG=1`` re-raises the error with its traceback.
+    its process sees ``SystemExit`` as from ``sys.exit``. ``KeyboardInterrupt``
+    (Ctrl-C outside the training loops, which handle SIGINT themselves: see
+    :class:`fewshot_l2l.process.StopSignals`) prints ``PROG: interrupted (Ctrl-C);
+    INTERRUPTED_NOTE`` and exits with status 130. ``SystemExit`` itself (usage
+    errors: argparse prints them and exits with 2; a training run stopped by a
+    signal, ``RunInterrupted``) and every other ``BaseException`` pass through
+    untouched. ``--debug`` on the command line or ``FEWSHOT_L2L_DEBUG=1`` re-raises
+    the error or the ``KeyboardInterrupt`` with its traceback.
     """
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> None:
@@ -153,6 +164,11 @@ def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | N
         debug = "--debug" in arguments or os.environ.get(DEBUG_ENV, "") not in ("", "0")
         try:
             main(argv)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print(f"{prog()}: interrupted (Ctrl-C); {INTERRUPTED_NOTE}", file=sys.stderr, flush=True)
+            raise SystemExit(INTERRUPTED_STATUS) from None
         except Exception as error:
             if debug or not is_user_error(error):
                 raise

@@ -5,12 +5,20 @@ Needs the ``data`` extra (h5py, Pillow; torchvision for --download).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import signal
+import sys
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Iterator
 
 from ..data.download import MINIIMAGENET_NOTE, OMNIGLOT_ZIPS, download_omniglot
 from ..extras import require
-from .args import command, new_parser, positive_int, seed_int
+from ..process import RunInterrupted, signal_name
+from .args import INTERRUPTED_NOTE, command, new_parser, positive_int, prog, seed_int
 
 
 def check_out(parser, out: Path, read_by_build: bool, force: bool) -> None:
@@ -25,6 +33,37 @@ def check_out(parser, out: Path, read_by_build: bool, force: bool) -> None:
     blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         parser.error(f"--out {out}: {blocking} is a file, not a folder")
+
+
+@contextlib.contextmanager
+def sigterm_cleans_up() -> Iterator[None]:
+    """While entered, SIGTERM raises :class:`RunInterrupted` (exit status 143) where the build is, so that the way out
+    removes what it was writing (the HDF5 temporary file, a download's staging folder) and one line says so.
+
+    SIGTERM's default action ends the process at once: a build left its hidden ``.NAME.h5.PID-RAND.tmp``, as
+    large as it had got (gigabytes for miniImageNet), until the next build of that file. A SIGTERM that is not
+    at its default (ignored, or handled by a program calling ``main``), or a call outside the main thread, is
+    left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    raised: list[RunInterrupted] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raised.append(RunInterrupted(signum, f"{prog()}: stopped by {signal_name(signum)}; {INTERRUPTED_NOTE}"))
+        raise raised[-1]
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except RunInterrupted as stopped:
+        if stopped in raised:  # printed once the way out has removed the unfinished files
+            print(stopped.message, file=sys.stderr, flush=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @command
@@ -52,8 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the omniglot split assignment")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    with sigterm_cleans_up():
+        build(parser, args)
 
+
+def build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check ``--out``, download (with ``--download``), build ``--out`` and print its split."""
+    from ..data import miniimagenet, omniglot
+
+    out = Path(args.out)
     if args.dataset == "omniglot":
         sources = list(args.source)
         folder = None

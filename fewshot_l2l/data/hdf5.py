@@ -34,7 +34,7 @@ import json
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -182,6 +182,11 @@ class HDF5Writer:
         attrs["content_sha256"] = total.hexdigest()
 
 
+def _is_name_list(value: Any) -> bool:
+    """Whether ``value`` (parsed JSON) is a list of distinct strings."""
+    return isinstance(value, list) and all(isinstance(name, str) for name in value) and len(set(value)) == len(value)
+
+
 def content_sha256(splits: dict[str, FewShotSplit]) -> str:
     """The content checksum of in-memory splits, as :class:`HDF5Writer` computes it while writing."""
     total = hashlib.sha256()
@@ -206,9 +211,10 @@ class HDF5Splits:
                 f"dataset file {self.path} does not exist: build it with scripts/prepare_data.py (see datasets/README.md)"
             )
         self._file: Any = None
+        self._attributes: dict[str, Any] = {}  # the JSON attributes, parsed and checked once per opening
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_file": None}
+        return {"path": self.path, "_file": None, "_attributes": {}}
 
     @property
     def file(self) -> Any:
@@ -230,6 +236,31 @@ class HDF5Splits:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._attributes.clear()
+
+    def _json_attribute(self, name: str, expected: str, check: Callable[[Any], str | None]) -> Any:
+        """The JSON attribute ``name`` of the file root, parsed; ``check(value)`` returns what is wrong with it, or ``None``.
+
+        A value that is not JSON, or not what ``check`` accepts, raises ``ValueError`` naming the file, the
+        attribute and what it must hold (``expected``): json's own message names neither.
+        """
+        if name not in self._attributes:
+            raw = self.file.attrs.get(name)
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            value, problem = None, "is not a JSON string"
+            if isinstance(text, str):
+                try:
+                    value = json.loads(text)
+                    problem = check(value)
+                except ValueError:  # json.JSONDecodeError
+                    problem = "is not valid JSON"
+            if problem is not None:
+                found = "it is missing" if raw is None else "found " + " ".join(repr(raw).split())[:80]
+                raise ValueError(f"dataset file {self.path}: attribute {name!r} {problem} ({found}); it must hold "
+                                 f"{expected}: the file is damaged or was not written by fewshot_l2l, rebuild it "
+                                 "with scripts/prepare_data.py")
+            self._attributes[name] = value
+        return self._attributes[name]
 
     @property
     def dataset(self) -> str:
@@ -237,16 +268,33 @@ class HDF5Splits:
 
     @property
     def split_names(self) -> list[str]:
-        return json.loads(self.file.attrs["splits"])
+        """The splits of the file, in file order (the ``splits`` attribute), each a group of the file."""
+        def check(value: Any) -> str | None:
+            if not _is_name_list(value):
+                return "is not a JSON list of distinct names"
+            groups = set(self.file.keys())
+            missing = [name for name in value if name not in groups]
+            return f"names split(s) the file does not hold: {', '.join(missing)}" if missing else None
+
+        return list(self._json_attribute("splits", 'the names of its split groups, e.g. ["train", "val", "test"]', check))
 
     @property
     def rotated_splits(self) -> list[str]:
         """The splits that the build's protocol augments with rotated copies (``rotate="auto"``)."""
-        return json.loads(self.file.attrs["rotated_splits"])
+        splits = self.split_names
+
+        def check(value: Any) -> str | None:
+            if not _is_name_list(value):
+                return "is not a JSON list of distinct names"
+            unknown = [name for name in value if name not in splits]
+            return f"names split(s) not in 'splits': {', '.join(unknown)}" if unknown else None
+
+        return list(self._json_attribute("rotated_splits", f"a JSON list of some of its splits ({', '.join(splits)})", check))
 
     @property
     def build(self) -> dict[str, Any]:
-        return json.loads(self.file.attrs["build"])
+        return dict(self._json_attribute("build", "a JSON object of the build parameters",
+                                         lambda value: None if isinstance(value, dict) else "is not a JSON object"))
 
     @property
     def content_sha256(self) -> str:

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .hdf5 import SPLIT_NAMES, HDF5Writer
+from .images import decode_image, read_image_file
 
 IMAGE_SIZE = 84
 CSV_HEADER = ["filename", "label"]
@@ -66,12 +67,11 @@ def read_split_csv(path: str | Path) -> dict[str, list[str]]:
 
 
 def load_image(path: Path, image_size: int) -> np.ndarray:
-    """One image as uint8 ``[3, image_size, image_size]`` (RGB, LANCZOS-resized)."""
-    try:
-        with Image.open(path) as pil:
-            rgb = pil.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"miniimagenet: unreadable image {path}: {error}") from error
+    """One image as uint8 ``[3, image_size, image_size]`` (RGB, LANCZOS-resized).
+
+    Read and decoded through :mod:`.images`: a file too large, or with too many pixels, is refused naming it.
+    """
+    rgb = decode_image(read_image_file(path, "miniimagenet"), "RGB", str(path), "miniimagenet")
     if rgb.size != (image_size, image_size):
         rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)

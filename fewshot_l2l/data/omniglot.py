@@ -27,9 +27,7 @@ Splits, written into the file and printed:
 
 from __future__ import annotations
 
-import io
 import zipfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +35,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .hdf5 import SPLIT_NAMES, HDF5Writer
+from .images import decode_image, read_image_file, read_zip_member
 
 ORIGINAL_SIZE = 105
 FULL_CHARACTERS = 1623
@@ -57,15 +56,25 @@ class OmniglotImage:
     character: str
     filename: str
     origin: str  # "archive.zip:member" or a file path, for error messages
-    read: Callable[[], bytes]
+    read: Callable[[], bytes]  # capped in size (see .images)
 
     @property
     def class_name(self) -> str:
         return f"{self.alphabet}/{self.character}"
 
 
-def _zip_reader(archive: zipfile.ZipFile, member: str) -> Callable[[], bytes]:
-    return lambda: archive.read(member)
+def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str) -> Callable[[], bytes]:
+    return lambda: read_zip_member(archive, info, origin, "omniglot")
+
+
+def _file_reader(path: Path) -> Callable[[], bytes]:
+    return lambda: read_image_file(path, "omniglot")
+
+
+def _unsafe_member(name: str) -> bool:
+    """Whether the zip member ``name`` points outside the folder it would be extracted into, or elsewhere on another
+    system: an absolute path, a drive (``C:``), a ``..`` part, or a backslash (a separator on Windows)."""
+    return name.startswith("/") or "\\" in name or name[1:2] == ":" or ".." in name.split("/")
 
 
 def list_images(sources: list[str | Path]) -> list[OmniglotImage]:
@@ -79,15 +88,22 @@ def list_images(sources: list[str | Path]) -> list[OmniglotImage]:
         entries: list[tuple[tuple[str, ...], str, Callable[[], bytes]]] = []
         if source.is_dir():
             for path in sorted(source.resolve().rglob("*.png")):  # absolute parts: an alphabet folder works too
-                entries.append((path.parts, str(path), path.read_bytes))
+                entries.append((path.parts, str(path), _file_reader(path)))
         else:
             try:
                 archive = zipfile.ZipFile(source)
             except (zipfile.BadZipFile, OSError) as error:
                 raise ValueError(f"omniglot source {source} is not a readable zip file (corrupt or truncated?): {error}") from error
-            for member in archive.namelist():
-                if member.lower().endswith(".png"):
-                    entries.append((tuple(member.split("/")), f"{source}:{member}", _zip_reader(archive, member)))
+            for info in archive.infolist():
+                if info.filename.lower().endswith(".png"):
+                    origin = f"{source}:{info.filename}"
+                    if _unsafe_member(info.filename):  # its last three parts would make a bogus alphabet
+                        raise ValueError(
+                            f"omniglot source {origin}: unsafe path (absolute, a drive, a '..' part or a backslash); "
+                            "Omniglot zips hold only <alphabet>/<character>/<file>.png paths: remove the member "
+                            "or use the official zips"
+                        )
+                    entries.append((tuple(info.filename.split("/")), origin, _zip_reader(archive, info, origin)))
         usable = [e for e in entries if len(e[0]) >= 3]
         if not usable:
             raise ValueError(
@@ -139,12 +155,11 @@ def split_characters(images: list[OmniglotImage], seed: int = 0) -> tuple[str, d
 
 
 def decode(image: OmniglotImage, image_size: int) -> np.ndarray:
-    """One drawing as uint8 ``[image_size, image_size]``, strokes bright, resized with the BOX filter."""
-    try:
-        with Image.open(io.BytesIO(image.read())) as pil:
-            gray = pil.convert("L")
-    except (UnidentifiedImageError, OSError, zipfile.BadZipFile, zlib.error, EOFError) as error:  # zlib, EOF: a damaged zip member
-        raise ValueError(f"omniglot: unreadable image {image.origin} (corrupt file?): {error}") from error
+    """One drawing as uint8 ``[image_size, image_size]``, strokes bright, resized with the BOX filter.
+
+    Read and decoded through :mod:`.images`: a file too large, or with too many pixels, is refused naming it.
+    """
+    gray = decode_image(image.read(), "L", image.origin, "omniglot")
     inverted = Image.fromarray(255 - np.asarray(gray, dtype=np.uint8))
     if inverted.size != (image_size, image_size):
         inverted = inverted.resize((image_size, image_size), Image.Resampling.BOX)
@@ -180,8 +195,9 @@ def build_omniglot(sources: list[str | Path], out: str | Path, image_size: int =
     by_class: dict[str, list[OmniglotImage]] = {}
     for image in images:
         by_class.setdefault(image.class_name, []).append(image)
-    bar = tqdm(total=len(images), desc="omniglot", unit="img", disable=not progress)
-    with HDF5Writer(out, "omniglot", (1, image_size, image_size), build=build, rotated_splits=rotated) as writer:
+    # The bar is closed (its line ended) by any exit, so that an error or Ctrl-C message starts a line of its own.
+    with tqdm(total=len(images), desc="omniglot", unit="img", disable=not progress) as bar, \
+            HDF5Writer(out, "omniglot", (1, image_size, image_size), build=build, rotated_splits=rotated) as writer:
         for name in SPLIT_NAMES:
             classes = split_classes[name]
             split_images = [image for c in classes for image in by_class[c]]
@@ -191,5 +207,4 @@ def build_omniglot(sources: list[str | Path], out: str | Path, image_size: int =
                 pixels[index, 0] = decode(image, image_size)
                 bar.update(1)
             writer.split(name, len(split_images), classes).write(pixels, labels)
-    bar.close()
     return alphabets

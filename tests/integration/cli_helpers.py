@@ -7,8 +7,10 @@ import contextlib
 import importlib
 import io
 import os
+import struct
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,17 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header (IHDR) claims ``width`` x ``height`` 8-bit grey pixels but whose data is one row: what
+    Pillow's size checks read, at no cost (a 30000x30000 claim is 30 KB of zeros, compressed)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(width + 1)))
+            + chunk(b"IEND", b""))
+
+
 def make_omniglot_zip(path: Path, size: int = 16, alphabets: int = 3, characters: int = 3, drawings: int = 2) -> Path:
     """An Omniglot-like zip (``bg/A<a>/character<c>/x_<d>.png``, deflated): enough for an alphabet-disjoint split."""
     rng = np.random.default_rng(0)
@@ -81,6 +94,19 @@ def make_omniglot_zip(path: Path, size: int = 16, alphabets: int = 3, characters
                     pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
                     archive.writestr(f"bg/A{a}/character{c}/x_{d:02d}.png", png_bytes(pixels))
     return path
+
+
+def make_class_folders(root: Path, size: int = 8) -> Path:
+    """A tiny miniImageNet source in the class-folder layout: ``{train,val,test}/n<split><c>/<i>.png``, 2 classes of
+    2 grey PNGs each."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for c in range(2):
+            folder = root / split / f"n{split}{c}"
+            folder.mkdir(parents=True)
+            for i in range(2):
+                (folder / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (size, size), dtype=np.uint8)))
+    return root
 
 
 def files_under(folder: Path) -> dict[str, tuple[int, int]]:

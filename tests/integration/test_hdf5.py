@@ -144,3 +144,28 @@ def test_sampler_keeps_class_members_on_cpu_and_is_reproducible(splits):
     a = EpisodeSampler(split, 3, 1, 2, seed=4).sample(2)
     b = EpisodeSampler(split, 3, 1, 2, seed=4).sample(2)
     assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+
+
+@pytest.mark.parametrize("attribute, value", [
+    ("splits", "train,val"),  # not JSON
+    ("splits", '{"train": 1}'),  # JSON, not a list
+    ("splits", '["train", "extra"]'),  # a split the file does not hold
+    ("splits", '["train", "train"]'),
+    ("splits", np.array([1, 2])),  # not a string at all
+    ("rotated_splits", "train"),
+    ("rotated_splits", '["sideways"]'),
+    ("build", "{"),
+    ("build", '["k"]'),
+])
+def test_a_malformed_json_attribute_names_the_file_and_the_attribute(attribute, value, tmp_path, splits):
+    """Issue 31, case 8: ``attrs["splits"] = "train,val"`` gave ``Expecting value: line 1 column 1 (char 0)``."""
+    path = tmp_path / "d.h5"
+    _write(path, splits)
+    with h5py.File(path, "r+") as file:
+        file.attrs[attribute] = value
+    read = {"splits": "split_names", "rotated_splits": "rotated_splits", "build": "build"}[attribute]
+    with pytest.raises(ValueError, match=rf"dataset file .*d\.h5: attribute '{attribute}' .*rebuild it"):
+        getattr(HDF5Splits(path), read)
+    if attribute != "build":  # the reads of training and evaluation
+        with pytest.raises(ValueError, match=rf"dataset file .*d\.h5: attribute '{attribute}'"):
+            load_splits("omniglot", str(path))

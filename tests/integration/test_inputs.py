@@ -3,9 +3,12 @@ untrusted pickles. Each test here failed before the input checks existed (the fi
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import zipfile
@@ -14,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from cli_helpers import PROG, TINY_TRAIN, make_omniglot_zip, run_cli
+from cli_helpers import PROG, TINY_TRAIN, make_class_folders, make_omniglot_zip, png_bytes, png_claiming, run_cli
 
 from fewshot_l2l.data import miniimagenet, omniglot
 from fewshot_l2l.data.episodes import EpisodeSampler
@@ -253,12 +257,26 @@ def test_only_our_errors_lose_their_traceback(tmp_path):
     with pytest.raises(SystemExit, match=r"error: HDF5Writer .*x.h5: splits not completely written: train \(0/4\)"):
         ours([])
 
-    @command
-    def interrupted(argv=None):
-        raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):  # left to the signal handling of the training loops
-        interrupted([])
+
+INTERRUPTED_LINE = f"{PROG}: interrupted (Ctrl-C); no file was left half-written"
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_ctrl_c_in_every_command_is_one_line_and_exit_130(module, tmp_path, monkeypatch):
+    """Issue 31, case 10: Ctrl-C outside the training loops' own handling printed a KeyboardInterrupt traceback."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # what Python's SIGINT handler raises: here, as the command line is being parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", interrupt)
+    try:
+        outcome = run_cli(module, *_failing_argv(module, tmp_path))
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the command: a traceback for the user")
+    assert (outcome.code, outcome.escaped) == (130, None), outcome.err
+    assert outcome.err.splitlines() == [INTERRUPTED_LINE]
+    with pytest.raises(KeyboardInterrupt):  # --debug: the traceback
+        run_cli(module, *_failing_argv(module, tmp_path), env={"FEWSHOT_L2L_DEBUG": "1"})
 
 
 # --- no silent coercion (finding 9) ---------------------------------------------------------------------------
@@ -330,3 +348,136 @@ def test_pickle_caches_are_not_unpickled_without_trust_pickle(tmp_path):
     trusted = run_cli("prepare_data", "miniimagenet", "--source", source, "--out", out, "--no-progress", "--trust-pickle")
     assert_one_line_error(trusted, "must hold a dict")
     assert marker.exists() and not out.exists()
+
+
+# --- hostile data sources (issue 31, second round) ------------------------------------------------------------
+
+
+def hostile_source(dataset: str, tmp_path: Path, name: str, data: bytes) -> tuple[Path, str]:
+    """A tiny valid source of ``dataset`` plus one image file ``name`` holding ``data``; returns the source and how
+    errors must name that file (``ZIP:MEMBER`` for Omniglot, the path for miniImageNet)."""
+    if dataset == "omniglot":
+        source, member = make_omniglot_zip(tmp_path / "bg.zip", size=8), f"bg/A1/character1/{name}"
+        with zipfile.ZipFile(source, "a") as archive:
+            archive.writestr(member, data)
+        return source, f"{source}:{member}"
+    source = make_class_folders(tmp_path / "mini")
+    path = source / "val" / "nval1" / name
+    path.write_bytes(data)
+    return source, str(path)
+
+
+def prepare(dataset: str, source: Path, out: Path):
+    return run_cli("prepare_data", dataset, "--source", source, "--out", out, "--no-progress")
+
+
+@pytest.mark.parametrize("dataset", ["omniglot", "miniimagenet"])
+def test_a_decompression_bomb_is_refused_in_one_line_naming_the_image(dataset, tmp_path):
+    """Case 7: a PNG claiming 30000x30000 pixels gave PIL's DecompressionBombError as a traceback."""
+    source, origin = hostile_source(dataset, tmp_path, "bomb.png", png_claiming(30000, 30000))
+    out = tmp_path / "out" / "o.h5"
+    assert_one_line_error(prepare(dataset, source, out), origin, "too many pixels to decode safely", "remove it")
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("dataset", ["omniglot", "miniimagenet"])
+def test_an_image_over_pillows_pixel_limit_is_refused_not_decoded_with_a_warning(dataset, tmp_path, monkeypatch):
+    """Case 7: between Image.MAX_IMAGE_PIXELS and twice that, Pillow only warns (DecompressionBombWarning) and decodes."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # a 30x30 image, 900 pixels, is in that band; 8x8 are not
+    source, origin = hostile_source(dataset, tmp_path, "big.png", png_bytes(np.zeros((30, 30), np.uint8)))
+    assert_one_line_error(prepare(dataset, source, tmp_path / "o.h5"), origin, "too many pixels to decode safely")
+    assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("member", ["../evil.png", "/abs/x/y.png", "Greek/../../evil2.png", "bg/A0/../../A9/c/x.png",
+                                    "bg\\..\\A9/character0/x.png", "C:/A9/character0/x.png"])
+def test_zip_members_with_unsafe_paths_are_refused_by_name(member, tmp_path):
+    """Case 12: such members were (rightly) not extracted but silently became alphabets of one image each."""
+    source = make_omniglot_zip(tmp_path / "bg.zip", size=8)
+    with zipfile.ZipFile(source, "a") as archive:
+        archive.writestr(member, png_bytes(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(ValueError, match="unsafe path"):
+        omniglot.list_images([source])
+    assert_one_line_error(prepare("omniglot", source, tmp_path / "o.h5"), f"{source}:{member}", "unsafe path")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def declare_size(path: Path, member: str, size: int) -> None:
+    """Make the zip's central directory claim that ``member`` decompresses to ``size`` bytes."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"PK\x01\x02")
+    while data[start + 46:start + 46 + struct.unpack_from("<H", data, start + 28)[0]] != member.encode():
+        start = data.index(b"PK\x01\x02", start + 4)
+    struct.pack_into("<I", data, start + 24, size)  # the uncompressed size field of its directory entry
+    path.write_bytes(bytes(data))
+
+
+def test_an_oversized_zip_member_is_refused_by_name_before_it_is_read(tmp_path, monkeypatch):
+    """Case 13: a 300 MB member was read whole into memory (1.16 GB resident) before the refusal, which showed
+    ``<_io.BytesIO object at 0x...>`` instead of the member."""
+    source, origin = hostile_source("omniglot", tmp_path, "huge.png", png_bytes(np.zeros((8, 8), np.uint8)))
+    declare_size(source, origin.split(":", 1)[1], 300_000_000)
+    opened = []
+    open_member = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *args, **kwargs: (
+        opened.append(getattr(name, "filename", name)), open_member(self, name, *args, **kwargs))[1])
+    line = assert_one_line_error(prepare("omniglot", source, tmp_path / "o.h5"), origin, "300000000 bytes",
+                                 f"over the {64 << 20} bytes")
+    assert "huge.png" not in " ".join(opened) and "BytesIO" not in line
+
+
+def test_an_unreadable_image_is_named_not_shown_as_a_bytesio(tmp_path):
+    """Case 13: the message of an image Pillow cannot identify showed ``<_io.BytesIO object at 0x...>``."""
+    source, origin = hostile_source("omniglot", tmp_path, "junk.png", b"\0" * 100)
+    line = assert_one_line_error(prepare("omniglot", source, tmp_path / "o.h5"), origin, "not an image")
+    assert "BytesIO" not in line
+
+
+@pytest.mark.parametrize("dataset", ["omniglot", "miniimagenet"])
+def test_an_oversized_image_file_is_refused_by_name_before_it_is_read(dataset, tmp_path):
+    """Case 13, files on disk: an extracted Omniglot folder, a miniImageNet folder (a sparse file: no disk used)."""
+    source, origin = hostile_source(dataset, tmp_path, "huge.png", b"")
+    if dataset == "omniglot":  # as an extracted folder: the zip's members on disk, the huge one included
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(tmp_path / "extracted")
+        source, origin = tmp_path / "extracted", str((tmp_path / "extracted").resolve() / origin.split(":", 1)[1])
+    os.truncate(origin, 300_000_000)
+    assert_one_line_error(prepare(dataset, source, tmp_path / "o.h5"), origin, "300000000 bytes", "over the")
+
+
+@pytest.mark.parametrize("dataset", ["omniglot", "miniimagenet"])
+def test_an_image_that_is_not_a_regular_file_is_refused_by_name(dataset, tmp_path):
+    """Case 13, a size that lies on disk: ``x.png -> /dev/zero`` has size 0 and never ends (read whole, it filled
+    the memory)."""
+    source, origin = hostile_source(dataset, tmp_path, "zero.png", b"")
+    if dataset == "omniglot":
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(tmp_path / "extracted")
+        source, origin = tmp_path / "extracted", str((tmp_path / "extracted").resolve() / origin.split(":", 1)[1])
+    os.unlink(origin)
+    os.symlink("/dev/zero", origin)
+    assert_one_line_error(prepare(dataset, source, tmp_path / "o.h5"), origin, "not a regular file")
+
+
+def test_the_image_reader_stops_at_the_cap_whatever_the_size_declared(monkeypatch):
+    """Case 13, a header that lies: at most the cap + 1 bytes are read, whatever size the zip directory declares."""
+    from fewshot_l2l.data import images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1000)
+    source = io.BytesIO(bytes(10**6))
+    with pytest.raises(ValueError, match="omniglot: image x.zip:a/b/c.png holds more than 1000 bytes"):
+        images.read_capped(source, 10, "x.zip:a/b/c.png", "omniglot")
+    assert source.tell() == 1001
+
+
+@pytest.mark.parametrize("offset, set_field", [(8, lambda flags: flags | 1), (10, lambda method: 99)],
+                         ids=["encrypted", "compression-method-99"])
+def test_an_encrypted_or_unsupported_zip_member_is_named(offset, set_field, tmp_path):
+    """Found beside case 13: zipfile's RuntimeError (encrypted) and NotImplementedError (method) were tracebacks."""
+    source = make_omniglot_zip(tmp_path / "bg.zip", size=8)
+    data = bytearray(source.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first member's directory entry: its flags (8) or method (10) field
+    struct.pack_into("<H", data, entry + offset, set_field(struct.unpack_from("<H", data, entry + offset)[0]))
+    source.write_bytes(bytes(data))
+    assert_one_line_error(prepare("omniglot", source, tmp_path / "o.h5"), f"{source}:bg/A0/character0/x_00.png",
+                          "unreadable image")
