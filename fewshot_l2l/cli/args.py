@@ -39,7 +39,7 @@ USER_ERRORS = (ValueError, OSError, ImportError)
 OWN_ERRORS = (RuntimeError, KeyError)
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 # What is true of every command stopped by Ctrl-C (or, in prepare_data, SIGTERM): each file goes through the one
-# atomic writer (fewshot_l2l.utils.AtomicFile), which removes its temporary file when an exception leaves it,
+# atomic writer (fewshot_l2l.files.AtomicFile), which removes its temporary file when an exception leaves it,
 # so a file is whole or absent. (The training loops catch SIGINT themselves and save last.pt first.)
 INTERRUPTED_NOTE = "no file was left half-written"
 INTERRUPTED_STATUS = 128 + signal.SIGINT  # the shell's convention, as a run stopped by SIGINT (process.RunInterrupted)
@@ -151,7 +151,7 @@ def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | N
     (Python prints it and exits with status 1), so a caller running ``main`` in
     its process sees ``SystemExit`` as from ``sys.exit``. ``KeyboardInterrupt``
     (Ctrl-C outside the training loops, which handle SIGINT themselves: see
-    :class:`fewshot_l2l.process.StopSignals`) prints ``PROG: interrupted (Ctrl-C);
+    :class:`fewshot_l2l.runs.process.StopSignals`) prints ``PROG: interrupted (Ctrl-C);
     INTERRUPTED_NOTE`` and exits with status 130. ``SystemExit`` itself (usage
     errors: argparse prints them and exits with 2; a training run stopped by a
     signal, ``RunInterrupted``) and every other ``BaseException`` pass through

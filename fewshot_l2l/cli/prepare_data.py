@@ -17,7 +17,7 @@ from typing import Iterator
 
 from ..data.download import MINIIMAGENET_NOTE, OMNIGLOT_ZIPS, download_omniglot
 from ..extras import require
-from ..process import RunInterrupted, signal_name
+from ..runs.process import RunInterrupted, signal_name
 from .args import INTERRUPTED_NOTE, command, new_parser, positive_int, prog, seed_int
 
 
@@ -70,7 +70,7 @@ def sigterm_cleans_up() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     for module in ("h5py", "PIL"):  # every build needs both; checked first, since the builders import Pillow when imported
         require(module, "data", "building a dataset file")
-    from ..data import miniimagenet, omniglot
+    from ..data import miniimagenet  # the default image size, for the help
 
     parser = new_parser(__doc__)
     parser.add_argument("dataset", choices=("omniglot", "miniimagenet"))

@@ -8,7 +8,7 @@
 * ``best.pt`` - the checkpoint with the best validation score so far (written before ``last.pt``,
   so the best that ``last.pt`` records always exists);
 * ``metrics.csv`` - one row per validation, columns chosen by the loop;
-* ``.lock`` - while a run lives (:class:`fewshot_l2l.process.FolderLock`).
+* ``.lock`` - while a run lives (:class:`fewshot_l2l.runs.process.FolderLock`).
 
 :class:`RunFolder` locks the folder for the whole run, removes the temporary
 files of writers that were killed, refuses to start over an existing run unless
@@ -83,7 +83,7 @@ class RunFolder:
             existing ``last.pt`` raises ``FileExistsError``, so a second command
             with the same ``--out`` never overwrites results.
 
-    Raises :class:`fewshot_l2l.process.RunLockedError` while another process runs in ``out``.
+    Raises :class:`fewshot_l2l.runs.process.RunLockedError` while another process runs in ``out``.
     """
 
     RUN_FILES = ("init.pt", "metrics.csv", "curves.png")  # what a start writes before its first checkpoint

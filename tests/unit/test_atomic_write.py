@@ -1,4 +1,4 @@
-"""The package's one atomic file writer (fewshot_l2l.utils.AtomicFile / atomic_write)."""
+"""The package's one atomic file writer (fewshot_l2l.files.AtomicFile / atomic_write)."""
 
 import os
 import stat
