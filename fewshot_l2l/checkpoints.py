@@ -34,6 +34,23 @@ def corrupt(path: Path, kind: str, reason: str | BaseException) -> ValueError:
     return ValueError(f"checkpoint {path} is not a {kind} checkpoint or is corrupt: {reason}")
 
 
+# The first bytes of files given where a checkpoint (a zip archive written by torch.save) is expected.
+NOT_CHECKPOINTS = {b"\x89HDF\r\n\x1a\n": "an HDF5 file (a dataset built by prepare_data.py? give it as --data)",
+                   b"\x89PNG\r\n\x1a\n": "a PNG image", b"\xff\xd8\xff": "a JPEG image"}
+
+
+def written_by(checkpoint: dict) -> str | None:
+    """What wrote the checkpoint dict ``checkpoint`` and which commands take it (``None``: none of this package's)."""
+    if isinstance(checkpoint.get("rule_config"), dict):
+        return ("a learned-optimizer checkpoint of scripts/train_optimizer.py (resume it with train_optimizer.py "
+                "--resume, evaluate it with scripts/evaluate_optimizer.py)")
+    if isinstance(checkpoint.get("learner"), dict) and isinstance(checkpoint.get("config"), dict):
+        method = checkpoint.get("method", "meta-lstm")
+        return (f"a few-shot checkpoint of scripts/train.py --method {method} (resume it with train.py --method "
+                f"{method} --resume, evaluate it with scripts/evaluate.py)")
+    return None
+
+
 def read_checkpoint(path: str | Path, device: str | torch.device, kind: str, keys: tuple[str, ...]) -> dict:
     """The dict saved in ``path``, loaded onto ``device``, with a dict under each of ``keys``.
 
@@ -49,6 +66,11 @@ def read_checkpoint(path: str | Path, device: str | torch.device, kind: str, key
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     with open(path, "rb") as file:  # opened here, so that an unreadable file is reported as such, not as corrupt
+        start = file.read(8)
+        what = next((name for magic, name in NOT_CHECKPOINTS.items() if start.startswith(magic)), None)
+        if what is not None:
+            raise ValueError(f"checkpoint {path} is {what}, not a checkpoint (RUN_DIR/best.pt, last.pt or init.pt)")
+        file.seek(0)
         try:
             checkpoint = torch.load(file, map_location=device, weights_only=True)
         except pickle.UnpicklingError as error:  # weights_only refused an object: torch's advice is the unsafe one
@@ -59,6 +81,9 @@ def read_checkpoint(path: str | Path, device: str | torch.device, kind: str, key
         raise corrupt(path, kind, f"it holds a {type(checkpoint).__name__}, not a dict")
     missing = [key for key in keys if not isinstance(checkpoint.get(key), dict)]
     if missing:
+        other = written_by(checkpoint)
+        if other is not None:
+            raise ValueError(f"checkpoint {path} is not a {kind} checkpoint: it is {other}")
         raise corrupt(path, kind, f"no {', '.join(repr(key) for key in missing)} entries (dicts)")
     return checkpoint
 
@@ -107,7 +132,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     try:
         cls = method_class(checkpoint.get("method", "meta-lstm"))
         if not isinstance(checkpoint.get(cls.state_key), dict):
-            raise KeyError(f"no {cls.state_key!r} entry (a dict)")
+            raise ValueError(f"no {cls.state_key!r} entry (a dict), which a {cls.Config.METHODS[0]} checkpoint holds")
         config = cls.Config.from_dict({**checkpoint["config"], "method": checkpoint.get("method", "meta-lstm")})
         learner = ConvLearner(LearnerConfig(**checkpoint["learner"]))
         method = build_method(config, learner, torch.zeros(learner.n_params))  # overwritten by the saved state below

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ from .devices import resolve_device, seed_everything, tune_cpu_allocator
 from .evaluation import evaluate
 from .files import atomic_write
 from .methods import METHODS, config_class, method_class, method_config
+from .runs import process
+from .runs.process import RunInterrupted, signal_name
 from .settings import parse_assignment
 from .training import meta_train
 
@@ -49,6 +53,7 @@ class ComparisonSpec:
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
+    force: bool = False  # start every method over, replacing its run folder's files
     # Each method's own settings other than its defaults, e.g. {"meta-lstm": {"meta_batch": 1, "inner_steps": 6},
     # "maml": {"inner_lr": 2.0}}; the settings every method shares (COMPARISON_FIELDS) come from the fields above.
     settings: dict = field(default_factory=dict)
@@ -57,14 +62,14 @@ class ComparisonSpec:
 # Settings that a comparison sets for every method alike (shared_settings), and those that would change its test
 # episodes (n_query, rotate): not among a method's own settings.
 COMPARISON_FIELDS = ("dataset", "data", "n_way", "k_shot", "episodes", "max_minutes", "val_episodes", "device", "seed",
-                     "out", "resume", "n_query", "rotate")
+                     "out", "resume", "force", "n_query", "rotate")
 
 
 def shared_settings(spec: ComparisonSpec, out: Path) -> dict:
     """The training settings every method of ``spec`` gets, its run folder being ``out``."""
     return dict(dataset=spec.dataset, data=spec.data, n_way=spec.n_way, k_shot=spec.k_shot, episodes=TRAINING_EPISODES,
                 max_minutes=spec.minutes, val_episodes=spec.val_episodes, device=spec.device, seed=spec.seed,
-                out=str(out), resume=spec.resume)
+                out=str(out), resume=spec.resume, force=spec.force)
 
 
 def method_settings(assignments: list[str], methods: list[str]) -> dict[str, dict]:
@@ -165,6 +170,12 @@ def compare(methods: list[str], spec: ComparisonSpec, on_result=None) -> list[Me
     With ``spec.resume`` a method whose ``result.json`` exists is not run again, and one whose training was
     interrupted continues from its ``last.pt``. ``on_result(result)`` is called as each method finishes.
     Raises ``RuntimeError`` naming the method (and its folder) whose process failed.
+
+    SIGINT and SIGTERM (Ctrl-C, a scheduler) are passed on to the running method's process, which finishes its
+    update, saves ``last.pt`` and exits, and are waited for; a second one stops that process at once, as in
+    ``train.py``. Then :class:`~fewshot_l2l.runs.process.RunInterrupted` (status ``128 + signal``) says which
+    methods finished and how to continue the comparison (``--resume``). The method's process runs in a process
+    group of its own, so that a Ctrl-C at the terminal reaches it once, through this process.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -172,23 +183,92 @@ def compare(methods: list[str], spec: ComparisonSpec, on_result=None) -> list[Me
     results = []
     package_root = str(Path(fewshot_l2l.__file__).resolve().parents[1])  # the child imports this very package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    for method in methods:
-        saved = Path(spec.out) / method / RESULT_NAME
-        if not (spec.resume and saved.is_file()):
-            process = subprocess.run([sys.executable, "-m", "fewshot_l2l.compare", method, json.dumps(asdict(spec))],
-                                     env=env)
-            if process.returncode != 0:
-                raise RuntimeError(f"compare: {method} failed (exit status {process.returncode}); its run folder is "
-                                   f"{Path(spec.out) / method}: rerun with --resume to continue from it")
-        result = MethodResult(**json.loads(saved.read_text()))
-        wanted = json.loads(json.dumps(spec.settings.get(method, {})))  # as result.json holds it
-        if result.settings != wanted:
-            raise RuntimeError(f"compare: {saved} was trained with --set {method} settings {result.settings or 'none'}, "
-                               f"not {wanted or 'none'}: give the same settings, or another --out")
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+    with ForwardedSignals() as signals:
+        for index, method in enumerate(methods, 1):
+            saved = Path(spec.out) / method / RESULT_NAME
+            if not (spec.resume and saved.is_file()):
+                # A line of its own (the method's process draws its progress bars below it).
+                print(f"compare: {method} ({index}/{len(methods)}): {spec.minutes:g} min of training into "
+                      f"{Path(spec.out) / method}, then {spec.test_episodes} test episodes", file=sys.stderr, flush=True)
+                status = signals.run([sys.executable, "-m", "fewshot_l2l.compare", method, json.dumps(asdict(spec))],
+                                     env)
+                if signals.received:
+                    raise _interrupted(signals.received[0], method, results, spec)
+                if status != 0:
+                    raise RuntimeError(_failure(method, status, spec))
+            result = MethodResult(**json.loads(saved.read_text()))
+            wanted = json.loads(json.dumps(spec.settings.get(method, {})))  # as result.json holds it
+            if result.settings != wanted:
+                raise RuntimeError(f"compare: {saved} was trained with --set {method} settings "
+                                   f"{result.settings or 'none'}, not {wanted or 'none'}: give the same settings, or "
+                                   "another --out")
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            if signals.received:  # between two methods: stop before the next one
+                raise _interrupted(signals.received[0], None, results, spec)
     return results
+
+
+class ForwardedSignals:
+    """While entered (in the main thread), SIGINT and SIGTERM are recorded and passed on to the child that
+    :meth:`run` waits for; the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.child: subprocess.Popen | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "ForwardedSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received.append(signum)
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def run(self, argv: list[str], env: dict) -> int:
+        """Run ``argv`` in a process group of its own and wait for it; its exit status."""
+        # Its own process group (Python 3.10: a session of its own), out of reach of the terminal's Ctrl-C.
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+        self.child = subprocess.Popen(argv, env=env, **group)
+        try:
+            return self.child.wait()
+        finally:
+            self.child = None
+
+
+def _interrupted(signum: int, method: str | None, results: list[MethodResult], spec: ComparisonSpec) -> RunInterrupted:
+    """What a stopped comparison says, printed once: what finished, where the stopped method is, how to go on."""
+    finished = ", ".join(r.method for r in results) or "none"
+    where = ""
+    if method is not None:
+        last = Path(spec.out) / method / "last.pt"
+        where = (f"; {method} stopped in training, its {last} kept" if last.is_file() else
+                 f"; {method} stopped before its first checkpoint")
+    message = (f"compare: stopped by {signal_name(signum)}; finished: {finished}{where}; to continue the comparison, "
+               f"run the same command with --resume (same --out {spec.out})")
+    print(message, file=sys.stderr, flush=True)
+    return RunInterrupted(signum, message)
+
+
+def _failure(method: str, status: int, spec: ComparisonSpec) -> str:
+    """The error of a method's failed process (its own line above says why)."""
+    folder = Path(spec.out) / method
+    if (folder / "last.pt").is_file() and not spec.resume:
+        hint = f"; its run folder {folder} keeps its last.pt: once the cause is fixed, --resume continues it"
+    else:
+        hint = f" (its run folder: {folder})"
+    return f"compare: {method} failed (exit status {status}; the error above says why){hint}"
 
 
 def markdown_table(results: list[MethodResult]) -> str:
@@ -205,5 +285,18 @@ def markdown_table(results: list[MethodResult]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the child process of compare(): METHOD SPEC_JSON
-    run_method(sys.argv[1], ComparisonSpec(**json.loads(sys.argv[2])))
+def child_main(argv: list[str]) -> None:
+    """The process of one method of :func:`compare`: ``METHOD SPEC_JSON``. Errors are one line (``compare METHOD:
+    error: ...``, a traceback with ``FEWSHOT_L2L_DEBUG=1``); a signal that stops its training says nothing of its own
+    ``--resume`` (the comparison's parent says how to continue); a SIGTERM during its evaluation exits at once (its
+    training is saved: ``--resume`` evaluates it again)."""
+    from .cli.args import command
+    method, spec = argv[0], ComparisonSpec(**json.loads(argv[1]))
+    sys.argv[0] = f"compare {method}"  # the name in its error lines
+    process.RESUME_HINT = f"the comparison continues with --resume (same --out {spec.out})"
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # outside training: nothing to save
+    command(lambda _: run_method(method, spec))([])
+
+
+if __name__ == "__main__":  # the child process of compare()
+    child_main(sys.argv[1:])

@@ -86,11 +86,19 @@ class RunSettings(Settings):
                           cli_type=device_argument)
     seed: int = setting(0, Int(0, SEED_MAX), "seed of the initialization and of every draw of the run")
     out: str = setting("runs/default", Text(), "RUN_DIR for checkpoints and metrics.csv", resumable=True)
-    resume: bool = setting(False, Flag(), "continue from RUN_DIR/last.pt if it exists", resumable=True)
+    resume: bool = setting(False, Flag(), "continue from RUN_DIR/last.pt (a RUN_DIR without a run starts one)",
+                           resumable=True)
+    force: bool = setting(False, Flag(), "start over in RUN_DIR, replacing the files of an earlier run there (it says "
+                                         "which); without it a RUN_DIR holding any is refused", resumable=True)
     max_minutes: float | None = setting(None, Float(), "also stop, after validating and checkpointing, once this many "
                                                        "minutes have passed", optional=True, resumable=True)
     max_nonfinite: int = setting(10, Int(1), "stop after this many meta-updates in a row skipped for a NaN/inf loss or "
                                              "gradient", resumable=True)
+
+    def resolve(self) -> None:
+        super().resolve()
+        if self.resume and self.force:
+            self.refuse("resume continues the run in out, force starts it over: give one of them")
 
 
 @dataclass

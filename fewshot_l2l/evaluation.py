@@ -19,6 +19,10 @@ from .learner import EVAL_QUERY_BN
 from .methods.base import EVAL_BATCH_SIZE, FewShotMethod
 
 
+class NonFiniteEvaluationError(ValueError):
+    """The model or its adapted query logits hold NaN or infinite values: an accuracy would be meaningless."""
+
+
 @dataclass
 class EvalResult:
     """Accuracy (a fraction in [0, 1]) with its 95% confidence half-width."""
@@ -73,13 +77,13 @@ def evaluate(
         raise ValueError(f"evaluate: {config.method} has no inner loop, so no inner_steps to change")
     bad = nonfinite_tensors(method.model.state_dict())
     if bad:
-        raise ValueError(f"evaluate: the {config.method} model holds NaN or infinite values ({', '.join(bad[:3])}); "
+        raise NonFiniteEvaluationError(f"evaluate: the {config.method} model holds NaN or infinite values ({', '.join(bad[:3])}); "
                          "it comes from a diverged run and cannot be evaluated")
 
     def episode_accuracies(episode: Episode, generator: torch.Generator, first: int) -> torch.Tensor:
         logits = method.query_logits(episode, query_bn, generator, inner_steps)
         if not bool(torch.isfinite(logits).all()):
-            raise ValueError(
+            raise NonFiniteEvaluationError(
                 f"evaluate: the {config.method} query logits are not finite on episodes {first}-"
                 f"{first - 1 + episode.n_episodes} of split {split.name!r} (seed {seed}): the adaptation "
                 "diverged, so an accuracy would be meaningless"
@@ -113,13 +117,13 @@ def seeded_accuracy(
     sampler = EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     accuracies: list[float] = []
-    bar = tqdm(total=n_episodes, desc=f"eval {split.name}", unit="ep", disable=not progress, leave=False)
-    with torch.no_grad():
+    # Closed however the loop ends, so that a message after it (an error, Ctrl-C) starts a line of its own.
+    with torch.no_grad(), tqdm(total=n_episodes, desc=f"eval {split.name}", unit="ep", disable=not progress,
+                               leave=False) as bar:
         while len(accuracies) < n_episodes:
             episode = sampler.sample(min(batch_size, n_episodes - len(accuracies)))
             accuracies.extend(episode_accuracies(episode, generator, len(accuracies) + 1).tolist())
             bar.set_postfix(acc=f"{sum(accuracies) / len(accuracies):.3f}", refresh=False)
             bar.update(episode.n_episodes)
-    bar.close()
     mean, ci95 = mean_ci95(accuracies)
     return EvalResult(mean, ci95, n_episodes, accuracies)

@@ -71,8 +71,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     removed and an existing ``path`` is left as it was (see :class:`AtomicFile`).
     Returns ``path``. Example: ``atomic_write(p, lambda tmp: tmp.write_text(text))``.
     """
-    with AtomicFile(path) as target:
-        write(target.tmp_path)
+    target = AtomicFile(path)
+    try:
+        with target:
+            write(target.tmp_path)
+    except OSError as error:  # a read-only folder, a full disk: name the file being written, not its temporary
+        if error.filename is not None and os.fspath(error.filename) == os.fspath(target.tmp_path):
+            raise type(error)(error.errno, error.strerror, os.fspath(target.path)) from error
+        raise
     return target.path
 
 

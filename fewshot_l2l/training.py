@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,11 @@ from .config import FewShotConfig
 from .data import load_splits
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity
-from .evaluation import EvalResult, evaluate
+from .evaluation import EvalResult, NonFiniteEvaluationError, evaluate
 from .methods import FewShotMethod, build_method, new_learner
 from .plots import plot_training_curves, require_matplotlib
 from .runs import distributed
-from .runs.folder import RunFolder
+from .runs.folder import NonFiniteError, RunFolder, check_resume_config
 from .runs.loop import Interval, NonFiniteGuard, Schedule, Stopwatch, Trainee, meta_update, train_loop
 from .runs.process import StopSignals
 from .schedules import run_progress, scheduled_lr
@@ -93,7 +93,7 @@ def meta_train(config: FewShotConfig, progress: bool = True, train_episodes=None
         config = replace(config, data=os.path.abspath(config.data))
     with ExitStack() as stack:
         # Rank 0 alone holds the run folder (and its lock); a failure there (a locked folder) is raised on every rank.
-        run = distributed.on_main(lambda: stack.enter_context(RunFolder(config.out, METRICS_COLUMNS, config.resume)), ctx)
+        run = distributed.on_main(lambda: stack.enter_context(RunFolder(config.out, METRICS_COLUMNS, config.resume, config.force)), ctx)
         stop = stack.enter_context(StopSignals())
         trainee = FewShotTrainee(config, device, run, ctx, share, train_episodes)
         episodes = trainee.per_update
@@ -128,19 +128,20 @@ class FewShotTrainee(Trainee):
         self.config, self.device, self.run, self.ctx, self.share = config, device, run, ctx, share
         splits = load_splits(config.dataset, config.data, seed=config.seed, rotate=config.rotate)
         train_split, self.val_split = splits["train"].to(device), splits["val"].to(device)
+        # Too small a split fails here, before any model is built (an n_way of 2**31 - 1 would allocate tens of GB
+        # first) and before the first update, with a message naming it (train and val alike).
+        episode_sampler(train_split, config, config.seed)
+        episode_sampler(self.val_split, config, config.seed + 1)
         self.dataset = dataset_identity(config.dataset, config.data, splits)
         self.method: FewShotMethod = build_method(config, new_learner(config, train_split.image_shape,
                                                                       train_split.n_classes))
         self.method.model.to(device)
         self.method.start_training()
         self.optimizer = torch.optim.Adam(self.method.model.parameters(), lr=config.lr)
-        # Too small a split fails here, before the first update, with a message naming it (train and val alike).
-        episode_sampler(train_split, config, config.seed)
         if train_episodes is None:  # rank 0's stream is the single process's: the union over ranks replays in one process
             self.sampler = self.method.training_sampler(train_split, distributed.rank_seed(config.seed, ctx.rank))
         else:
             self.sampler = train_episodes
-        episode_sampler(self.val_split, config, config.seed + 1)
         self.inner_generator = torch.Generator().manual_seed(config.seed)  # the same on every rank, as in one process
         self.per_update = self.method.episodes_per_update(config)
         self.sampler_states: dict = {}  # {rank: sampler state} of every stream, saved with each checkpoint
@@ -171,6 +172,13 @@ class FewShotTrainee(Trainee):
             self.run.start(checkpoint_state(self.method, self.optimizer, {"state": dict(state)}, self.dataset))
             return None
         saved = load_checkpoint(self.run.last, "cpu")  # CPU: rank 0 sends it to the others
+        if saved.config.method != self.config.method:
+            raise ValueError(f"--resume {self.run.last}: the run in {self.run.path} was trained with --method "
+                             f"{saved.config.method}, not --method {self.config.method}: resume it with scripts/train.py "
+                             f"--method {saved.config.method} --resume, or choose another --out")
+        # The settings first (a changed --dataset is named as such), then the data's content (another build of it).
+        check_resume_config(asdict(saved.config), asdict(self.config), type(self.config).resumable_fields(),
+                            self.run.last)
         check_dataset(saved.checkpoint.get("dataset"), self.dataset, f"--resume {self.run.last}")
         self.run.resume(saved.config, self.config, saved.checkpoint["progress"]["state"]["update"],
                         saved.checkpoint.get("run"))
@@ -196,10 +204,16 @@ class FewShotTrainee(Trainee):
     def before_validation(self) -> None:
         distributed.check_in_sync(self.method.model, self.ctx)
 
-    def validate(self) -> EvalResult:
+    def validate(self, state: dict) -> EvalResult:
         config = self.config
-        return evaluate(self.method, self.val_split, n_episodes=config.val_episodes, seed=config.seed + 1,
-                        batch_size=self.method.validation_batch_size, query_bn=config.val_query_bn, progress=False)
+        try:
+            return evaluate(self.method, self.val_split, n_episodes=config.val_episodes, seed=config.seed + 1,
+                            batch_size=self.method.validation_batch_size, query_bn=config.val_query_bn, progress=False)
+        except NonFiniteEvaluationError as error:  # the weights themselves are finite (meta_update saw to that)
+            raise NonFiniteError(
+                f"training stopped at update {state['update']}: its validation diverged ({error}); "
+                f"{self.run.kept()}. {self.schedule.hint.split(';')[0]} to keep the training stable."
+            ) from error
 
     def record(self, state: dict, result: EvalResult, means: tuple[float, ...], skipped: int, bar: Any) -> bool:
         config, run = self.config, self.run

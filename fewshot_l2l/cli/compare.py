@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from tqdm.auto import tqdm
-
 from ..compare import ComparisonSpec, compare, format_settings, markdown_table, method_settings
 from ..data import DATASETS
 from ..devices import device_argument
@@ -32,11 +30,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", type=device_argument, help=DEVICE_HELP)
     parser.add_argument("--out", default="runs/compare", help="one run folder per method under it")
     parser.add_argument("--resume", action="store_true", help="skip finished methods, continue an interrupted one")
+    parser.add_argument("--force", action="store_true",
+                        help="run every method again from the start, replacing the files of earlier runs in OUT/METHOD")
     parser.add_argument("--json", action="store_true", help="one JSON line per method instead of the table")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.NAME=VALUE",
                         help="a method's own settings other than its defaults (its options of scripts/train.py --method "
                              "METHOD), e.g. maml.inner_lr=2 meta-lstm.inner_steps=6; recorded in result.json")
     args = parser.parse_args(argv)
+    if args.resume and args.force:
+        parser.error("--resume continues the methods' runs, --force starts them over: give one of them")
     try:
         settings = method_settings(args.set, args.methods)
     except ValueError as error:
@@ -44,12 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     dataset = args.dataset or ("omniglot" if args.data else "glyphs")
     spec = ComparisonSpec(dataset=dataset, data=args.data, n_way=args.n_way, k_shot=args.k_shot, minutes=args.minutes,
                           out=args.out, test_episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
-                          device=args.device, resume=args.resume, settings=settings)
-    bar = tqdm(total=len(args.methods), desc="methods", unit="method")
-    on_result = (lambda r: (print(json.dumps(asdict(r)), flush=True), bar.update(1))) if args.json else \
-        (lambda r: bar.update(1))
+                          device=args.device, resume=args.resume, force=args.force, settings=settings)
+    on_result = (lambda r: print(json.dumps(asdict(r)), flush=True)) if args.json else None
     results = compare(args.methods, spec, on_result)
-    bar.close()
     if not args.json:
         own = "".join(f"; {method}: {format_settings(values)}" for method, values in settings.items())
         print(f"{dataset}, {args.n_way}-way {args.k_shot}-shot, {args.minutes:g} min of training per method, "

@@ -115,7 +115,7 @@ def train_optimizer(config: OptimizerTrainConfig, progress: bool = True) -> dict
     non-finite meta-updates in a row, a stop signal once ``last.pt`` is saved).
     """
     device = resolve_device(config.device)
-    with RunFolder(config.out, METRICS_COLUMNS, config.resume) as run, StopSignals() as stop:
+    with RunFolder(config.out, METRICS_COLUMNS, config.resume, config.force) as run, StopSignals() as stop:
         trainee = RuleTrainee(config, device, run)
         schedule = Schedule(
             unit="iteration", n_steps=config.iterations, val_every=config.val_every, max_minutes=config.max_minutes,
@@ -193,7 +193,7 @@ class RuleTrainee(Trainee):
     def postfix(self, means: tuple[float, ...]) -> dict[str, str]:
         return {"meta_loss": f"{means[0]:.4g}"}
 
-    def validate(self) -> tuple[float, float, float]:
+    def validate(self, state: dict) -> tuple[float, float, float]:
         # Over max_horizon (= horizon unless a schedule trains on longer ones): best.pt is selected for those too.
         return validate(self.rule, self.val_problems, self.config.max_horizon, self.weights)
 

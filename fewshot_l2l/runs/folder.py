@@ -22,6 +22,7 @@ removes the folder it created.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -79,34 +80,58 @@ class RunFolder:
         out: the folder; created with its missing parents.
         columns: the metrics columns; the first one is the step counter
             (update or iteration) that :meth:`resume` trims the log by.
-        resume: continue the run in ``out`` if there is one. Without it an
-            existing ``last.pt`` raises ``FileExistsError``, so a second command
-            with the same ``--out`` never overwrites results.
+        resume: continue the run in ``out`` from its ``last.pt``; ``out`` without a run starts one.
+        force: start over in ``out``, replacing the files of an earlier run there (said in one line).
+
+    Without ``resume`` or ``force`` a folder holding any file of a run (:data:`KEPT_FILES`: ``last.pt``,
+    ``best.pt``, ``init.pt``, ``metrics.csv``, ``curves.png``, ``result.json``) is refused with
+    ``FileExistsError``, so a second command with the same ``--out`` never overwrites results, even when only a
+    ``best.pt`` was kept; ``resume`` in a folder that holds such files but no ``last.pt`` is refused too, naming what
+    it found. ``out`` that is a file (or a link to one) is refused with ``NotADirectoryError``.
 
     Raises :class:`fewshot_l2l.runs.process.RunLockedError` while another process runs in ``out``.
     """
 
     RUN_FILES = ("init.pt", "metrics.csv", "curves.png")  # what a start writes before its first checkpoint
+    # Every file a run (or compare.py's result) leaves: none is replaced without --force.
+    KEPT_FILES = ("last.pt", "best.pt", "init.pt", "metrics.csv", "curves.png", "result.json")
 
-    def __init__(self, out: str | os.PathLike, columns: Iterable[str], resume: bool) -> None:
+    def __init__(self, out: str | os.PathLike, columns: Iterable[str], resume: bool, force: bool = False) -> None:
+        if resume and force:
+            raise ValueError(f"--resume continues the run in {out}, --force starts it over: give one of them")
         self.path = Path(out)
         self.created = _make_folders(self.path)
         self.columns = tuple(columns)
         self.init, self.last, self.best = self.path / "init.pt", self.path / "last.pt", self.path / "best.pt"
         self.metrics = self.path / "metrics.csv"
         self.best_step: int | None = None
+        self.saved_step: int | None = None  # the step that last.pt holds (of this run, or the one it resumed)
         self.lock = FolderLock(self.path / LOCK_NAME)
         try:
             removed = remove_stale_temps(self.path)
             if removed:
                 note(f"removed {len(removed)} temporary file(s) of killed writers from {self.path}: "
                      f"{', '.join(p.name for p in removed)}")
-            if self.last.exists() and not resume:
-                raise FileExistsError(f"{self.last} exists: pass --resume to continue that run, or choose another --out")
+            found = [name for name in self.KEPT_FILES if (self.path / name).exists()]
+            if found and not force and not (resume and self.last.exists()):
+                raise FileExistsError(self._refusal(found, resume))
         except BaseException:
             self.close()
             raise
         self.resuming = resume and self.last.exists()
+        self.replacing = found if force else []
+
+    def _refusal(self, found: list[str], resume: bool) -> str:
+        """Why a start in this folder is refused, and what the user can do."""
+        files = ", ".join(found)
+        if resume:
+            return (f"--resume: {self.path} has no last.pt to continue from, only {files} of an earlier run: pass "
+                    f"--force to start over (replacing them), or choose another --out")
+        if self.last.exists():
+            return (f"{self.last} exists: pass --resume to continue that run, --force to start it over (replacing "
+                    f"{files}), or choose another --out")
+        return (f"{self.path} holds {files} of an earlier run (no last.pt, so it cannot be resumed): pass --force to "
+                f"start over (replacing them), or choose another --out")
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -132,7 +157,14 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
 
     def start(self, checkpoint: dict) -> None:
-        """Begin a new run: save the untrained ``checkpoint`` as ``init.pt`` and write the metrics header."""
+        """Begin a new run: save the untrained ``checkpoint`` as ``init.pt`` and write the metrics header (with
+        ``force``, after removing the earlier run's files)."""
+        if self.replacing:
+            note(f"--force: replacing {', '.join(self.replacing)} of the earlier run in {self.path}")
+            for name in self.replacing:
+                if name not in ("init.pt", "metrics.csv"):  # those two are rewritten (atomically) right below
+                    (self.path / name).unlink(missing_ok=True)
+            self.replacing = []
         self._write_checkpoint(checkpoint, self.init)
         atomic_write(self.metrics, lambda tmp: tmp.write_bytes(_csv_bytes([self.columns])))
 
@@ -159,6 +191,7 @@ class RunFolder:
         if kept != rows or header != list(self.columns) or not self.metrics.exists():
             atomic_write(self.metrics, lambda tmp: tmp.write_bytes(_csv_bytes([self.columns, *kept])))
         self.best_step = (saved_run or {}).get("best_step")
+        self.saved_step = step
         self._check_best(step)
 
     def _check_best(self, step: int) -> None:
@@ -189,7 +222,8 @@ class RunFolder:
             raise ValueError(f"RunFolder.log: expected the columns {', '.join(self.columns)}, got {', '.join(values)}")
         # Rewritten whole (a few kB) rather than appended: a crash never leaves half a line.
         data = self.metrics.read_bytes() + _csv_bytes([[_cell(values[name]) for name in self.columns]])
-        atomic_write(self.metrics, lambda tmp: tmp.write_bytes(data))
+        with self._writing(self.metrics):
+            atomic_write(self.metrics, lambda tmp: tmp.write_bytes(data))
 
     def read_metrics(self) -> list[dict[str, float]]:
         """Every row of ``metrics.csv`` (the whole history of a resumed run), values as floats (empty cells NaN)."""
@@ -210,6 +244,7 @@ class RunFolder:
         if improved:  # best.pt first: a crash between the two writes leaves the best that last.pt records
             self._write_checkpoint(checkpoint, self.best)
         self._write_checkpoint(checkpoint, self.last)
+        self.saved_step = step
 
     def save_best_if_missing(self, checkpoint: dict, step: int) -> None:
         """Write ``checkpoint`` as ``best.pt`` unless there is one (so that evaluation can run after a run whose
@@ -227,11 +262,32 @@ class RunFolder:
     def _write_checkpoint(self, checkpoint: dict, path: Path) -> None:
         """The one checkpoint writer of a run: atomic, and never a non-finite checkpoint."""
         self._refuse_nonfinite(checkpoint, path)
-        atomic_torch_save(checkpoint, path)
+        with self._writing(path):
+            atomic_torch_save(checkpoint, path)
+
+    def kept(self) -> str:
+        """What the folder holds to continue from, and how (for the message of a run that stops on an error)."""
+        if self.saved_step is not None:
+            return (f"{self.last} is intact and holds step {self.saved_step}: once the cause is fixed, the same command "
+                    "with --resume continues from it")
+        return f"no last.pt was written yet: once the cause is fixed, run the command again (with --force over {self.path})"
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """Any ``OSError`` writing ``path`` (a full disk, a read-only folder) names the file and says what is kept."""
+        try:
+            yield
+        except OSError as error:
+            raise type(error)(error.errno, f"{error.strerror} while writing {path}; {self.kept()}") from error
 
 
 def _make_folders(path: Path) -> list[Path]:
-    """``mkdir -p path``; returns the folders it created, deepest first."""
+    """``mkdir -p path``; returns the folders it created, deepest first. A file (or a link to one) at ``path`` or
+    above it is refused with ``NotADirectoryError`` naming it."""
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        what = "is" if blocking == path else f"(above {path}) is"
+        raise NotADirectoryError(f"--out {path}: {blocking} {what} a file, not a folder: a run needs a folder of its own")
     missing, folder = [], path.absolute()
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)

@@ -25,6 +25,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 LOCK_NAME = ".lock"
+# How a run stopped by a signal is continued, when not by its own command with --resume: a compare.py method's
+# process sets it (the comparison is continued, not the method's run alone).
+RESUME_HINT: str | None = None
 
 
 def note(message: str) -> None:
@@ -155,7 +158,7 @@ class StopSignals:
         signum = self.requested if signum is None else signum
         assert signum is not None
         by = signal_name(signum) if signum == self.requested else f"{signal_name(signum)} (sent to another rank)"
-        message = (f"stopped by {by} after {where}: saved {last}; to continue, run the same "
-                   f"command with --resume (same --out {last.parent})")
+        how = RESUME_HINT or f"to continue, run the same command with --resume (same --out {last.parent})"
+        message = f"stopped by {by} after {where}: saved {last}; {how}"
         print(message, file=sys.stderr, flush=True)
         return RunInterrupted(signum, message)

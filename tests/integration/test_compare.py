@@ -3,6 +3,12 @@ loads it in no time): two methods, a tiny budget, the --json schema, the table, 
 reuses the finished methods, and one without it that is refused."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +125,66 @@ def test_setting_values_are_read_as_the_command_line_reads_them():
                             "meta-lstm.forget_bias_init=(4, 5)", "maml.grad_clip=None"], ["meta-lstm", "maml"]) == \
         {"meta-lstm": {"lr": 3e-3, "second_order": True, "query_bn": "support", "forget_bias_init": (4.0, 5.0)},
          "maml": {"grad_clip": None}}
+
+
+# --- signals and errors of a real compare.py process group (as a terminal's Ctrl-C or a scheduler sends them) -------
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW_META_LSTM = ["--k-shot", "1", "--n-way", "3", "--minutes", "1", "--episodes", "4", "--val-episodes", "1000",
+                  "--methods", "meta-lstm", "protonet", "--set", "meta-lstm.hidden_channels=4", "meta-lstm.inner_steps=2",
+                  "meta-lstm.val_every=100000"]  # no validation for a minute: a signal finds it mid-training
+
+
+def start_compare(tmp_path, tiny_h5, *extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "scripts/compare.py", *SLOW_META_LSTM, *tiny_h5, "--out",
+                             str(tmp_path / "C"), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few updates past the start
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_signal_to_compare_lets_the_method_save_and_says_how_to_resume(tmp_path, tiny_h5, signum, to_group):
+    """Ctrl-C reaches the whole process group, SIGTERM (a scheduler) the parent alone: either way the running method
+    saves last.pt, the parent waits for it, says what finished and how to continue, and leaves no lock."""
+    process = start_compare(tmp_path, tiny_h5)
+    wait_for(tmp_path / "C" / "meta-lstm" / "init.pt", process)
+    (os.killpg if to_group else os.kill)(process.pid, signum)
+    out, err = process.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err and "second" not in err, err
+    assert (f"compare: stopped by {name}; finished: none; meta-lstm stopped in training, its "
+            f"{tmp_path / 'C' / 'meta-lstm' / 'last.pt'} kept; to continue the comparison, run the same command with "
+            f"--resume (same --out {tmp_path / 'C'})") in err
+    assert "(same --out " + str(tmp_path / "C" / "meta-lstm") not in err  # the child names the comparison's --out
+    assert (tmp_path / "C" / "meta-lstm" / "last.pt").is_file() and not (tmp_path / "C" / "meta-lstm" / ".lock").exists()
+    assert not (tmp_path / "C" / "protonet").exists()  # the methods after it did not start
+
+
+def test_a_failing_method_is_one_line_and_the_hint_fits_the_failure(tmp_path, tiny_h5):
+    first = run_cli("compare", *TINY[:-2], "meta-lstm", *tiny_h5, "--out", tmp_path / "C2", "--set",
+                    "meta-lstm.hidden_channels=4", "meta-lstm.inner_steps=2")
+    assert first.status == 0, first.err
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    resumed = subprocess.run([sys.executable, "scripts/compare.py", *TINY[:-2], "meta-lstm", *tiny_h5, "--out",
+                              str(tmp_path / "C2"), "--resume", "--force"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 2 and "give one of them" in resumed.stderr  # --resume and --force together
+    (tmp_path / "C2" / "meta-lstm" / "result.json").unlink()  # its training is there; rerun it with other settings
+    changed = subprocess.run([sys.executable, "scripts/compare.py", *TINY[:-2], "meta-lstm", *tiny_h5, "--out",
+                              str(tmp_path / "C2"), "--resume", "--set", "meta-lstm.hidden_channels=4",
+                              "meta-lstm.inner_steps=2", "meta-lstm.hidden_size=8"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 1 and "Traceback" not in changed.stderr, changed.stderr
+    lines = [line for line in changed.stderr.splitlines() if "error" in line]
+    assert len(lines) == 2 and lines[0].startswith("compare meta-lstm: error: --resume ") and "hidden_size: 20 -> 8" in lines[0]
+    assert lines[1] == (f"compare.py: error: compare: meta-lstm failed (exit status 1; the error above says why) (its run "
+                        f"folder: {tmp_path / 'C2' / 'meta-lstm'})")  # no "rerun with --resume": that is what failed

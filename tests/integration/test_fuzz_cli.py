@@ -1,4 +1,4 @@
-"""Property-based tests of the inputs (hypothesis): the command-line values of all six commands, and the
+"""Property-based tests of the inputs (hypothesis): the command-line values of all seven commands, and the
 constructors of the episode sampler, the learner and the meta-learner.
 
 Every command line is drawn as a set of flags with valid, tiny values (so a valid run takes a fraction
@@ -276,6 +276,50 @@ def check_evaluate(outcome, folder, effective, names):
 @given(values=command_lines(EVALUATE))
 def test_fuzz_evaluate(values, inputs, tiny_glyph_dataset):
     fuzz_command("evaluate", EVALUATE_BASE, values, always, check_evaluate, inputs)
+
+
+# --- fewshot-compare ------------------------------------------------------------------------------------------
+# Every valid line runs a real comparison (one method in a child process, on a tiny HDF5 file): few examples.
+
+COMPARE_BASE = {"--data": "{h5}", "--k-shot": "1", "--n-way": "3", "--minutes": "0.002", "--episodes": "2",
+                "--val-episodes": "1", "--methods": "protonet", "--device": "cpu", "--out": "{tmp}/C", "--json": None}
+COMPARE = {
+    "--k-shot": v(["1"], ["0", "-1", "1.5", "three"]),
+    "--n-way": v(["2", "3"], ["1", "0", "three"]),
+    "--minutes": v(["0.002"], BAD_FLOAT),
+    "--episodes": v(["1", "2"], BAD_INT),
+    "--val-episodes": v(["1"], BAD_INT),
+    "--seed": v(["0", "7"], BAD_SEED),
+    "--device": v(["cpu"], BAD_DEVICE),
+    "--methods": v(["protonet"], ["reptile", ""]),
+    "--set": v(["protonet.lr=0.01", "protonet.lr_schedule=constant"],
+               ["protonet.lr=-1", "protonet.bogus=1", "protonet.lr", "reptile.lr=1", "maml.lr=1", "protonet.seed=3"]),
+    "--out": v(["{tmp}/new/C"], []),
+    "--force": v([None], []),
+}
+
+
+def check_compare(outcome, folder, effective, names):
+    result = last_json(outcome)
+    assert result["method"] == "protonet" and 0 <= result["accuracy"] <= 1 and result["test_episodes"] == 2
+
+
+@settings(max_examples=12, **FUZZ)
+@given(values=command_lines(COMPARE, max_flags=4))
+def test_fuzz_compare(values, inputs, tiny_h5_file, capfd):
+    base, contents, names = inputs
+    fuzz_command("compare", COMPARE_BASE, values, always, check_compare, (base, contents, {**names, "h5": str(tiny_h5_file)}))
+    assert "Traceback" not in capfd.readouterr().err  # the method's process too
+
+
+@pytest.fixture(scope="module")
+def tiny_h5_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare_h5")
+    source = make_omniglot_zip(folder / "bg.zip", size=16, alphabets=8, characters=3, drawings=16)
+    built = run_cli("prepare_data", "omniglot", "--source", source, "--out", folder / "tiny.h5", "--image-size", "16",
+                    "--no-progress")
+    assert built.status == 0, built.err
+    return folder / "tiny.h5"
 
 
 # --- fewshot-prepare-data --------------------------------------------------------------------------------------
