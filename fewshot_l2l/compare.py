@@ -1,7 +1,8 @@
 """Every method on the same budget and the same test episodes: ``scripts/compare.py`` (:mod:`fewshot_l2l.cli.compare`).
 
-Each method, one after another, trains for the same wall-clock budget (``max_minutes``: validation time included,
-as in every run) into ``OUT/METHOD`` (a run folder: a crash loses nothing, ``resume`` continues it), then its
+Each method, one after another, trains for the same training time (``max_minutes``; the clock stops while it
+validates, which every method does at the same shares of its budget, ``validations``, on the same seeded validation
+episodes) into ``OUT/METHOD`` (a run folder: a crash loses nothing, ``resume`` continues it), then its
 ``best.pt`` is evaluated on the same seeded test episodes under both query batch-norm modes: ``support`` (not
 transductive, the evaluation protocol) and ``batch`` (transductive). Each method runs in a process of its own
 (this module's ``__main__``), so its peak memory is that process's resident-set high-water mark
@@ -50,6 +51,7 @@ class ComparisonSpec:
     out: str
     test_episodes: int = 600
     val_episodes: int = 200
+    validations: int = 20  # every method validates at the same shares of its budget: every 5%
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
@@ -61,15 +63,15 @@ class ComparisonSpec:
 
 # Settings that a comparison sets for every method alike (shared_settings), and those that would change its test
 # episodes (n_query, rotate): not among a method's own settings.
-COMPARISON_FIELDS = ("dataset", "data", "n_way", "k_shot", "episodes", "max_minutes", "val_episodes", "device", "seed",
-                     "out", "resume", "force", "n_query", "rotate")
+COMPARISON_FIELDS = ("dataset", "data", "n_way", "k_shot", "episodes", "max_minutes", "val_episodes", "validations",
+                     "device", "seed", "out", "resume", "force", "n_query", "rotate", "val_every")
 
 
 def shared_settings(spec: ComparisonSpec, out: Path) -> dict:
     """The training settings every method of ``spec`` gets, its run folder being ``out``."""
     return dict(dataset=spec.dataset, data=spec.data, n_way=spec.n_way, k_shot=spec.k_shot, episodes=TRAINING_EPISODES,
-                max_minutes=spec.minutes, val_episodes=spec.val_episodes, device=spec.device, seed=spec.seed,
-                out=str(out), resume=spec.resume, force=spec.force)
+                max_minutes=spec.minutes, val_episodes=spec.val_episodes, validations=spec.validations,
+                device=spec.device, seed=spec.seed, out=str(out), resume=spec.resume, force=spec.force)
 
 
 def method_settings(assignments: list[str], methods: list[str]) -> dict[str, dict]:
@@ -113,7 +115,7 @@ class MethodResult:
     ci95: float
     accuracy_batch: float
     ci95_batch: float
-    train_seconds: float
+    train_seconds: float  # the training time, which the budget counts (validations left out)
     episodes: int  # training episodes (finetune: pre-training mini-batches)
     updates: int
     wall_seconds: float  # the whole process: data, training, both evaluations
@@ -123,6 +125,7 @@ class MethodResult:
     load_average: float  # 1-minute load average when the method finished
     run: str
     settings: dict = field(default_factory=dict)  # the method's own settings (ComparisonSpec.settings)
+    validation_seconds: float = 0.0  # the time of its validations (result.json files before the field: 0)
 
 
 def _train(method: str, spec: ComparisonSpec, out: Path) -> dict:
@@ -153,7 +156,8 @@ def run_method(method: str, spec: ComparisonSpec) -> MethodResult:
     batch = score("batch")
     result = MethodResult(
         method=method, n_way=spec.n_way, k_shot=spec.k_shot, accuracy=support.accuracy, ci95=support.ci95,
-        accuracy_batch=batch.accuracy, ci95_batch=batch.ci95, train_seconds=summary["elapsed_s"],
+        accuracy_batch=batch.accuracy, ci95_batch=batch.ci95, train_seconds=summary["train_s"],
+        validation_seconds=summary["validation_s"],
         episodes=summary["episodes"], updates=summary["updates"], wall_seconds=time.time() - start,
         eval_seconds_per_episode=eval_seconds / spec.test_episodes,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
@@ -274,13 +278,14 @@ def _failure(method: str, status: int, spec: ComparisonSpec) -> str:
 def markdown_table(results: list[MethodResult]) -> str:
     """The comparison as a markdown table (accuracies in percent with their 95% CI)."""
     lines = ["| method | test acc., support BN (not transductive) | test acc., batch BN (transductive) | training "
-             "episodes | updates | train s | wall s | eval s / episode | peak RSS MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "episodes | updates | train s | validation s | wall s | eval s / episode | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         unit = method_class(r.method).budget_unit
         episodes = str(r.episodes) if unit == "episodes" else f"{r.episodes} {unit}"
         lines.append(f"| {r.method} | {100 * r.accuracy:.2f}% ± {100 * r.ci95:.2f}% | {100 * r.accuracy_batch:.2f}% ± "
-                     f"{100 * r.ci95_batch:.2f}% | {episodes} | {r.updates} | {r.train_seconds:.0f} | {r.wall_seconds:.0f} "
+                     f"{100 * r.ci95_batch:.2f}% | {episodes} | {r.updates} | {r.train_seconds:.0f} | "
+                     f"{r.validation_seconds:.0f} | {r.wall_seconds:.0f} "
                      f"| {r.eval_seconds_per_episode:.3f} | {r.peak_rss_mb:.0f} |")
     return "\n".join(lines)
 

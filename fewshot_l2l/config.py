@@ -72,6 +72,10 @@ class TrainingSettings(Settings):
                                 "the same in validation, which chooses best.pt (default: evaluation's, not transductive)")
     val_every: int = setting(400, Int(1), "episodes between validations (rounded to whole meta-batches, with a warning)",
                              resumable=True)
+    validations: int | None = setting(None, Int(1), "instead of --val-every: validate this many times, once per equal "
+                                                    "share of the run (of --episodes, or of --max-minutes of training "
+                                                    "time, whichever ends it first), so that every method validates alike",
+                                      optional=True, resumable=True)
     val_episodes: int = setting(200, Int(1), "episodes of each validation", resumable=True)
 
 
@@ -91,7 +95,8 @@ class RunSettings(Settings):
     force: bool = setting(False, Flag(), "start over in RUN_DIR, replacing the files of an earlier run there (it says "
                                          "which); without it a RUN_DIR holding any is refused", resumable=True)
     max_minutes: float | None = setting(None, Float(), "also stop, after validating and checkpointing, once this many "
-                                                       "minutes have passed", optional=True, resumable=True)
+                                                       "minutes of training have passed (validations not counted)",
+                                        optional=True, resumable=True)
     max_nonfinite: int = setting(10, Int(1), "stop after this many meta-updates in a row skipped for a NaN/inf loss or "
                                              "gradient", resumable=True)
 

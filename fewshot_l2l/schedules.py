@@ -27,7 +27,8 @@ def scheduled_lr(lr: float, schedule: str, progress: float, episodes_done: int =
 
 def run_progress(update: int, n_updates: int, elapsed_s: float = 0.0, max_minutes: float | None = None) -> float:
     """How far a run is, in [0, 1]: the larger of the updates done (``update / n_updates``) and, with a time
-    budget, the share of it spent (``elapsed_s / (60 * max_minutes)``).
+    budget, the share of it spent (``elapsed_s / (60 * max_minutes)``; ``elapsed_s``: the training time, which the
+    budget counts, validations left out).
 
     So a cosine schedule ends where the run ends, whichever of ``episodes`` or ``max_minutes`` ends it, on any
     machine. Without a time budget it is a function of the update count alone, which a resumed run continues

@@ -42,6 +42,7 @@ from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity
 from .evaluation import EvalResult, NonFiniteEvaluationError, evaluate
 from .methods import FewShotMethod, build_method, new_learner
+from .methods.base import EVAL_BATCH_SIZE
 from .plots import plot_training_curves, require_matplotlib
 from .runs import distributed
 from .runs.folder import NonFiniteError, RunFolder, check_resume_config
@@ -49,8 +50,10 @@ from .runs.loop import Interval, NonFiniteGuard, Schedule, Stopwatch, Trainee, m
 from .runs.process import StopSignals
 from .schedules import run_progress, scheduled_lr
 
-# skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
-METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s", "skipped_updates")
+# elapsed_s: the whole time since the start (validations included); train_s: the training time, which --max-minutes
+# counts; skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
+METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s", "skipped_updates",
+                   "train_s")
 
 
 def episode_sampler(split: FewShotSplit, config: FewShotConfig, seed: int) -> EpisodeSampler:
@@ -100,7 +103,7 @@ def meta_train(config: FewShotConfig, progress: bool = True, train_episodes=None
         schedule = Schedule(
             unit="update", n_steps=math.ceil(config.episodes / episodes),
             val_every=max(1, round(config.val_every / episodes)), max_minutes=config.max_minutes,
-            max_nonfinite=config.max_nonfinite, description=f"train {config.method}",
+            max_nonfinite=config.max_nonfinite, description=f"train {config.method}", validations=config.validations,
             hint=(f"Lower --lr ({config.lr})" + (f" or --grad-clip ({config.grad_clip})" if config.grad_clip else "")
                   + f"; {Path(config.out) / 'last.pt'}, if any, is the last checkpoint."),
         )
@@ -112,6 +115,7 @@ def meta_train(config: FewShotConfig, progress: bool = True, train_episodes=None
         "episodes": state["episodes"],
         "updates": state["update"],
         "elapsed_s": state["elapsed_s"],
+        "train_s": state["elapsed_s"] - state.get("validation_s", 0.0),
         "validation_s": state.get("validation_s", 0.0),
         "best": str(Path(config.out) / "best.pt"),
         "last": str(Path(config.out) / "last.pt"),
@@ -189,8 +193,8 @@ class FewShotTrainee(Trainee):
         batch = self.sampler.sample(self.share)
         # Under a time budget the schedule reads the latest of the ranks' clocks (as the budget's stop does), the
         # same on every rank, so that all ranks step alike.
-        elapsed_s = distributed.max_over_ranks(clock.elapsed_s, ctx) if self.timed_schedule else 0.0
-        progress = run_progress(state["update"], self.schedule.n_steps, elapsed_s, config.max_minutes)
+        train_s = distributed.max_over_ranks(clock.training_s, ctx) if self.timed_schedule else 0.0
+        progress = run_progress(state["update"], self.schedule.n_steps, train_s, config.max_minutes)
         for group in self.optimizer.param_groups:
             group["lr"] = scheduled_lr(config.lr, config.lr_schedule, progress, state["episodes"])
         loss, accuracy = self.method.training_loss(batch, self.inner_generator)
@@ -207,8 +211,9 @@ class FewShotTrainee(Trainee):
     def validate(self, state: dict) -> EvalResult:
         config = self.config
         try:
+            # The same seed and batch size for every method: the same validation episodes.
             return evaluate(self.method, self.val_split, n_episodes=config.val_episodes, seed=config.seed + 1,
-                            batch_size=self.method.validation_batch_size, query_bn=config.val_query_bn, progress=False)
+                            batch_size=EVAL_BATCH_SIZE, query_bn=config.val_query_bn, progress=False)
         except NonFiniteEvaluationError as error:  # the weights themselves are finite (meta_update saw to that)
             raise NonFiniteError(
                 f"training stopped at update {state['update']}: its validation diverged ({error}); "
@@ -219,7 +224,8 @@ class FewShotTrainee(Trainee):
         config, run = self.config, self.run
         train_loss, train_acc = means
         run.log(update=state["update"], episodes=state["episodes"], train_loss=train_loss, train_acc=train_acc,
-                val_acc=result.accuracy, val_ci95=result.ci95, elapsed_s=state["elapsed_s"], skipped_updates=skipped)
+                val_acc=result.accuracy, val_ci95=result.ci95, elapsed_s=state["elapsed_s"], skipped_updates=skipped,
+                train_s=state["elapsed_s"] - state["validation_s"])
         plot_training_curves(run.read_metrics(), run.path / "curves.png",
                              f"{config.method}, {config.dataset}, {config.n_way}-way {config.k_shot}-shot "
                              f"({run.path.name})", chance=1 / config.n_way)

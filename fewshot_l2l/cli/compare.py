@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS))
     parser.add_argument("--episodes", type=positive_int, default=600, help="test episodes (the same for every method)")
     parser.add_argument("--val-episodes", type=positive_int, default=200, help="episodes of each validation")
+    parser.add_argument("--validations", type=positive_int, default=20,
+                        help="validations of each method, once per equal share of its training time (20: every 5%%)")
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="cpu", type=device_argument, help=DEVICE_HELP)
     parser.add_argument("--out", default="runs/compare", help="one run folder per method under it")
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     dataset = args.dataset or ("omniglot" if args.data else "glyphs")
     spec = ComparisonSpec(dataset=dataset, data=args.data, n_way=args.n_way, k_shot=args.k_shot, minutes=args.minutes,
-                          out=args.out, test_episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
+                          out=args.out, test_episodes=args.episodes, val_episodes=args.val_episodes,
+                          validations=args.validations, seed=args.seed,
                           device=args.device, resume=args.resume, force=args.force, settings=settings)
     on_result = (lambda r: print(json.dumps(asdict(r)), flush=True)) if args.json else None
     results = compare(args.methods, spec, on_result)

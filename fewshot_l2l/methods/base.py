@@ -66,11 +66,6 @@ class FewShotMethod(ABC):
         """What one update counts against the ``episodes`` budget: its episodes (fine-tuning: 1 mini-batch)."""
         return config.meta_batch
 
-    @property
-    def validation_batch_size(self) -> int:
-        """Episodes adapted at once in validation."""
-        return EVAL_BATCH_SIZE
-
     def start_training(self) -> None:
         """Called once the model is on its device, before the optimizer is built: what only training needs
         (e.g. compiling a step)."""

@@ -93,10 +93,6 @@ class MetaLSTMMethod(FewShotMethod):
     def model(self) -> MetaLearner:
         return self.meta_learner
 
-    @property
-    def validation_batch_size(self) -> int:
-        return self.config.meta_batch
-
     def start_training(self) -> None:
         if self.config.compile:
             self.meta_learner.compile_step()

@@ -117,7 +117,7 @@ def test_baseline_settings_reach_their_run_and_result(tmp_path, tiny_h5):
 
 def test_every_setting_a_comparison_shares_is_refused_as_a_meta_lstm_setting(tmp_path):
     spec = ComparisonSpec(dataset="glyphs", data=None, n_way=5, k_shot=1, minutes=1.0, out=str(tmp_path))
-    assert set(shared_settings(spec, tmp_path)) | {"n_query", "rotate"} == set(COMPARISON_FIELDS)
+    assert set(shared_settings(spec, tmp_path)) | {"n_query", "rotate", "val_every"} == set(COMPARISON_FIELDS)
 
 
 def test_setting_values_are_read_as_the_command_line_reads_them():
@@ -131,8 +131,8 @@ def test_setting_values_are_read_as_the_command_line_reads_them():
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_META_LSTM = ["--k-shot", "1", "--n-way", "3", "--minutes", "1", "--episodes", "4", "--val-episodes", "1000",
-                  "--methods", "meta-lstm", "protonet", "--set", "meta-lstm.hidden_channels=4", "meta-lstm.inner_steps=2",
-                  "meta-lstm.val_every=100000"]  # no validation for a minute: a signal finds it mid-training
+                  "--validations", "1", "--methods", "meta-lstm", "protonet", "--set", "meta-lstm.hidden_channels=4",
+                  "meta-lstm.inner_steps=2"]  # no validation before the minute is spent: a signal finds it mid-training
 
 
 def start_compare(tmp_path, tiny_h5, *extra):

@@ -71,7 +71,7 @@ def assert_equal(a, b, where=""):
 
 def without_time(value):
     if isinstance(value, dict):
-        return {k: without_time(v) for k, v in value.items() if k not in ("elapsed_s", "validation_s")}
+        return {k: without_time(v) for k, v in value.items() if k not in ("elapsed_s", "validation_s", "train_s")}
     return value
 
 

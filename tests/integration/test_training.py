@@ -193,6 +193,8 @@ class _ClockAt:
     def elapsed_s(self) -> float:
         return self.share * 60 * self.max_minutes
 
+    training_s = elapsed_s  # no validation time
+
     def out_of_time(self) -> bool:
         return self.share >= 1
 
@@ -224,3 +226,33 @@ def test_cosine_schedule_sets_adams_lr_and_resumes_on_it(tiny_data, tmp_path):
     resumed = meta_train(tiny_config(tmp_path, lr_schedule="cosine", episodes=12, resume=True), progress=False)
     saved = torch.load(resumed["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"]
     assert resumed["updates"] == 6 and saved == pytest.approx(1e-3 * (1 + math.cos(5 / 6 * math.pi)) / 2)
+
+
+def test_every_method_validates_on_the_same_episodes_at_the_same_shares_of_its_budget(tiny_data, tmp_path, monkeypatch):
+    """The Meta-LSTM used to draw its validation episodes meta_batch at a time, the baselines 8 at a time: other
+    episodes from the same seed. Now every method validates with one batch size, at the same shares of its budget."""
+    import fewshot_l2l.evaluation as evaluation
+    from fewshot_l2l.methods import method_config
+
+    drawn: dict[str, list] = {}
+    method = [""]
+
+    class Recording(EpisodeSampler):
+        def sample(self, n_episodes=1):
+            episode = super().sample(n_episodes)
+            drawn.setdefault(method[0], []).append((episode.support_x.clone(), episode.query_y.clone()))
+            return episode
+
+    monkeypatch.setattr(evaluation, "EpisodeSampler", Recording)
+    shared = dict(n_way=3, k_shot=1, n_query=2, episodes=8, validations=4, val_every=10**6, hidden_channels=4,
+                  val_episodes=10, device="cpu")
+    rows = {}
+    for name, own in (("meta-lstm", dict(meta_batch=2, inner_steps=2, hidden_size=4)), ("protonet", {})):
+        method[0] = name
+        meta_train(method_config(name, out=str(tmp_path / name), **shared, **own), progress=False)
+        rows[name] = [int(row["episodes"]) for row in csv.DictReader(open(tmp_path / name / "metrics.csv"))]
+    assert rows == {"meta-lstm": [2, 4, 6, 8], "protonet": [2, 4, 6, 8]}  # every quarter of the 8 episodes
+    first, other = drawn["meta-lstm"], drawn["protonet"]
+    assert len(first) == len(other) == 4 * 2  # 4 validations of 10 episodes, 8 at a time
+    for (x_a, y_a), (x_b, y_b) in zip(first, other):
+        assert torch.equal(x_a, x_b) and torch.equal(y_a, y_b)

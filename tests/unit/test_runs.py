@@ -329,3 +329,29 @@ def test_a_time_budget_progress_bar_counts_the_minutes_not_the_sentinel_steps(ca
     untimed.step(8, {})
     untimed.close()
     assert (untimed.bar.total, untimed.bar.n) == (50, 8) and "8/50" in capsys.readouterr().err
+
+
+def test_the_budget_counts_training_time_and_validations_are_timed_apart(monkeypatch):
+    import fewshot_l2l.runs.loop as loop
+
+    now = [1000.0]
+    monkeypatch.setattr(loop.time, "time", lambda: now[0])
+    clock = Stopwatch(elapsed_s=50.0, max_minutes=1.0, validation_s=20.0)  # resumed: 30 s of training so far
+    assert clock.training_s == 30.0 and not clock.out_of_time()
+    with clock.validating():
+        now[0] += 25  # a validation of 25 s: the whole time passes the budget, the training time does not
+    assert (clock.validation_s, clock.elapsed_s, clock.training_s) == (45.0, 75.0, 30.0) and not clock.out_of_time()
+    now[0] += 30  # 30 s more of training: 60 s in all
+    assert clock.training_s == 60.0 and clock.out_of_time()
+
+
+def test_validations_at_equal_shares_of_the_run(monkeypatch):
+    from fewshot_l2l.runs.loop import Schedule
+
+    schedule = Schedule("update", n_steps=8, val_every=10**9, max_minutes=None, max_nonfinite=1, hint="",
+                        description="train", validations=3)
+    # Shares passed after each of the 8 updates: floor(3 * update / 8).
+    assert [schedule.shares_reached(update, Stopwatch()) for update in range(1, 9)] == [0, 0, 1, 1, 1, 2, 2, 3]
+    timed = Schedule("update", n_steps=10**8, val_every=10**9, max_minutes=1.0, max_nonfinite=1, hint="",
+                     description="train", validations=20)
+    assert timed.shares_reached(5, Stopwatch(elapsed_s=31.0, max_minutes=1.0, validation_s=1.0)) == 10  # 30 s of 60
