@@ -96,19 +96,12 @@ def meta_train(config: FewShotConfig, progress: bool = True, train_episodes=None
         config = replace(config, data=os.path.abspath(config.data))
     with ExitStack() as stack:
         # Rank 0 alone holds the run folder (and its lock); a failure there (a locked folder) is raised on every rank.
-        run = distributed.on_main(lambda: stack.enter_context(RunFolder(config.out, METRICS_COLUMNS, config.resume, config.force)), ctx)
+        folder = lambda: RunFolder(config.out, METRICS_COLUMNS, config.resume, config.force)  # noqa: E731
+        run = distributed.on_main(lambda: stack.enter_context(folder()), ctx)
         stop = stack.enter_context(StopSignals())
         trainee = FewShotTrainee(config, device, run, ctx, share, train_episodes)
-        episodes = trainee.per_update
-        schedule = Schedule(
-            unit="update", n_steps=math.ceil(config.episodes / episodes),
-            val_every=max(1, round(config.val_every / episodes)), max_minutes=config.max_minutes,
-            max_nonfinite=config.max_nonfinite, description=f"train {config.method}", validations=config.validations,
-            hint=(f"Lower --lr ({config.lr})" + (f" or --grad-clip ({config.grad_clip})" if config.grad_clip else "")
-                  + f"; {Path(config.out) / 'last.pt'}, if any, is the last checkpoint."),
-        )
-        trainee.schedule = schedule
-        state = train_loop(trainee, schedule, run, stop, trainee.state, trainee.interval, trainee.guard, ctx, progress)
+        state = train_loop(trainee, trainee.schedule, run, stop, trainee.state, trainee.interval, trainee.guard, ctx,
+                           progress)
     return {
         "method": config.method,
         "best_val_acc": state["best_val_acc"],
@@ -148,6 +141,13 @@ class FewShotTrainee(Trainee):
             self.sampler = train_episodes
         self.inner_generator = torch.Generator().manual_seed(config.seed)  # the same on every rank, as in one process
         self.per_update = self.method.episodes_per_update(config)
+        self.schedule = Schedule(
+            unit="update", n_steps=math.ceil(config.episodes / self.per_update),
+            val_every=max(1, round(config.val_every / self.per_update)), max_minutes=config.max_minutes,
+            max_nonfinite=config.max_nonfinite, description=f"train {config.method}", validations=config.validations,
+            hint=(f"Lower --lr ({config.lr})" + (f" or --grad-clip ({config.grad_clip})" if config.grad_clip else "")
+                  + f"; {Path(config.out) / 'last.pt'}, if any, is the last checkpoint."),
+        )
         self.sampler_states: dict = {}  # {rank: sampler state} of every stream, saved with each checkpoint
         state = {"update": 0, "episodes": 0, "best_val_acc": -1.0, "elapsed_s": 0.0}
         saved = ctx.broadcast_object(distributed.on_main(lambda: self._open_run(state), ctx))
