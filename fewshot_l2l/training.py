@@ -41,6 +41,7 @@ from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity, resolve_stored_path
 from .evaluation import evaluate
 from .learner import BN_EPS, EVAL_QUERY_BN, QUERY_BN_MODES, ConvLearner, LearnerConfig
+from .kernels import STEP_KERNELS
 from .meta_learner import AUTHORS_FORGET_BIAS_INIT, FORGET_BIAS_INIT, MetaLearner
 from .plots import require_matplotlib
 from .process import StopSignals
@@ -54,7 +55,7 @@ METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "
 # Settings that may differ when a run is resumed: budgets, intervals, where it runs and how fast.
 RESUMABLE_FIELDS = {"episodes", "max_minutes", "val_every", "val_episodes", "device", "data", "out", "resume",
                     "compile", "amp", "max_nonfinite",
-                    "batched_learner"}
+                    "batched_learner", "step_kernel"}
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -119,6 +120,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the meta-learner step (measure first: scripts/benchmark.py --compile)
     amp: bool = False  # bfloat16 autocast for the learner's forward passes (meant for CUDA)
     batched_learner: str = "auto"  # the learner vmapped over the meta-batch: auto (on CUDA), on, off
+    step_kernel: str = "auto"  # the meta-learner step: auto (fused where built and applicable), fused, torch (MetaLSTM)
     val_every: int = 400  # episodes between validations
     val_episodes: int = 200
     device: str = "auto"
@@ -163,6 +165,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.batched_learner not in BATCHED_LEARNER_MODES:
             raise ValueError(f"TrainConfig: batched_learner must be one of {BATCHED_LEARNER_MODES}, got {self.batched_learner!r}")
+        if self.step_kernel not in STEP_KERNELS:
+            raise ValueError(f"TrainConfig: step_kernel must be one of {STEP_KERNELS}, got {self.step_kernel!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -199,7 +203,8 @@ def build_models(config: TrainConfig, image_shape: tuple[int, int, int]) -> tupl
     with torch.random.fork_rng(devices=[]):  # CPU only: torch.manual_seed would also reseed CUDA's, unforked
         torch.default_generator.manual_seed(config.seed)
         init = learner.init_params(torch.Generator().manual_seed(config.seed))
-        meta_learner = MetaLearner(init, config.hidden_size, forget_bias_init=config.forget_bias_init)
+        meta_learner = MetaLearner(init, config.hidden_size, forget_bias_init=config.forget_bias_init,
+                                   step_kernel=config.step_kernel)
     return meta_learner, learner
 
 

@@ -15,6 +15,7 @@ from .. import distributed
 from ..adaptation import BATCHED_LEARNER_MODES
 from ..baselines import BASELINES, METHODS
 from ..data import DATASETS, ROTATE_CHOICES
+from ..kernels import STEP_KERNELS
 from ..learner import QUERY_BN_MODES
 from ..process import RunInterrupted
 from ..training import AUTHORS_CONFIG, LR_SCHEDULES, TrainConfig, authors_config, meta_train
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the learner (for CUDA)")
     parser.add_argument("--batched-learner", default=defaults.batched_learner, choices=BATCHED_LEARNER_MODES,
                         help="run the learner vmapped over the meta-batch (auto: on CUDA; slower on CPU)")
+    parser.add_argument("--step-kernel", default=defaults.step_kernel, choices=STEP_KERNELS,
+                        help="the meta-learner step: fused C++/Triton kernel (auto: where built and applicable) or plain torch")
     parser.add_argument("--query-bn", default=defaults.query_bn, choices=QUERY_BN_MODES,
                         help="batch-norm statistics for the query set in meta-training (batch: transductive, as the authors)")
     parser.add_argument("--val-query-bn", default=defaults.val_query_bn, choices=QUERY_BN_MODES,

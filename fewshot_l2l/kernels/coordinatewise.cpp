@@ -1,0 +1,587 @@
+// Fused coordinatewise steps on the CPU: one pass over memory per step, forward and backward.
+//
+// The equations are stated once, in readable torch, by fewshot_l2l/meta_learner.py (meta_lstm_step) and
+// fewshot_l2l/optim/rules.py (AndrychowiczRule); the tests check this file against them. Built and loaded by
+// fewshot_l2l/kernels/cpu.py (plain g++, no torch headers: C functions over raw pointers, called through ctypes).
+//
+// Layout. A coordinate is one column: the layer-1 state h, c is [hidden, N] (row k of every coordinate contiguous,
+// N = B * P), the per-coordinate scalars are [N], the loss [B]. A *tile* is W consecutive coordinates of one episode
+// (W = one SIMD register of lanes: 16 floats with AVX-512); the weights are shared by all lanes and broadcast from
+// cache. Per tile, the inputs of an LSTM unit stay in registers while its four gates are accumulated, so each step
+// reads and writes every state row once.
+//
+// Backward. It recomputes the tile's forward from the step's inputs instead of reading saved gates
+// (docs/results/meta_step.md measures both); the gradient of theta_{t-1}, of the recurrent state and of every weight
+// come out of the same pass. Weight gradients: per-lane vector accumulators per thread, summed over blocks of
+// kTileBlock tiles in registers first, then across lanes and threads (fixed order: deterministic for a given
+// thread count).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef FS_VECTOR_BYTES
+#if defined(__AVX512F__)
+#define FS_VECTOR_BYTES 64
+#elif defined(__AVX__)
+#define FS_VECTOR_BYTES 32
+#else
+#define FS_VECTOR_BYTES 16
+#endif
+#endif
+
+#if FS_VECTOR_BYTES == 64 && defined(__AVX512F__)
+#include <immintrin.h>
+#define FS_AVX512_RECIPROCAL 1
+#endif
+
+namespace {
+
+typedef float vf __attribute__((vector_size(FS_VECTOR_BYTES)));
+typedef int32_t vi32 __attribute__((vector_size(FS_VECTOR_BYTES)));
+typedef double vd __attribute__((vector_size(FS_VECTOR_BYTES)));
+
+template <typename T> struct Simd;
+template <> struct Simd<float> { using V = vf; static constexpr int W = FS_VECTOR_BYTES / 4; };
+template <> struct Simd<double> { using V = vd; static constexpr int W = FS_VECTOR_BYTES / 8; };
+
+constexpr int kTileBlock = 8;  // tiles whose weight-gradient contributions are summed in registers at once
+
+template <typename V, typename T> inline V splat(T s) { return V{} + s; }
+
+template <typename V, typename T> inline V load(const T* p, int n) {
+  V v;
+  if (n == int(sizeof(V) / sizeof(T))) {
+    std::memcpy(&v, p, sizeof(V));
+  } else {
+    v = V{};
+    for (int l = 0; l < n; ++l) v[l] = p[l];
+  }
+  return v;
+}
+
+template <typename V, typename T> inline void store(T* p, V v, int n) {
+  if (n == int(sizeof(V) / sizeof(T))) {
+    std::memcpy(p, &v, sizeof(V));
+  } else {
+    for (int l = 0; l < n; ++l) p[l] = v[l];
+  }
+}
+
+// A tile reads and writes dozens of rows N apart, more streams than the hardware prefetchers follow: the next
+// tile's lines of each row are prefetched by hand (first and last lane: a tile need not be cache-line aligned).
+template <typename T> inline void prefetch_rows(const T* base, int64_t stride, int rows, int64_t j, int write) {
+  constexpr int W = Simd<T>::W;
+  for (int k = 0; k < rows; ++k) {
+    if (write) {
+      __builtin_prefetch(base + k * stride + j, 1, 3);
+      __builtin_prefetch(base + k * stride + j + W - 1, 1, 3);
+    } else {
+      __builtin_prefetch(base + k * stride + j, 0, 3);
+      __builtin_prefetch(base + k * stride + j + W - 1, 0, 3);
+    }
+  }
+}
+
+template <typename T> inline double lane_sum(typename Simd<T>::V v) {
+  double s = 0;
+  for (int l = 0; l < Simd<T>::W; ++l) s += v[l];
+  return s;
+}
+
+// ---- float32 elementwise functions (a few ulp; the tests bound the step's error against torch) ----
+
+inline vf reciprocal(vf x) {
+#ifdef FS_AVX512_RECIPROCAL
+  // 14-bit estimate and one Newton step (relative error ~1e-8): a fraction of the cost of a 512-bit division.
+  vf r = (vf)_mm512_maskz_rcp14_ps(0xffff, (__m512)x);
+  return r * (2.0f - x * r);
+#else
+  return 1.0f / x;
+#endif
+}
+
+inline vf vexp(vf x) {  // Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-6 polynomial, times 2^n
+  const vf hi = splat<vf>(88.3762626647949f), lo = splat<vf>(-87.3365478515625f);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+#ifdef FS_AVX512_RECIPROCAL
+  const vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  vf t = x * 1.44269504088896341f + 0.5f;
+  vf n = __builtin_convertvector(__builtin_convertvector(t, vi32), vf);
+  n = n > t ? n - 1.0f : n;  // floor(t): n rounds x log2(e) to the nearest integer
+#endif
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf y = splat<vf>(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+#ifdef FS_AVX512_RECIPROCAL
+  return (vf)_mm512_scalef_ps((__m512)y, (__m512)n);
+#else
+  vi32 bits = (__builtin_convertvector(n, vi32) + 127) << 23;
+  return y * (vf)bits;
+#endif
+}
+
+inline vf vsigmoid(vf x) { return reciprocal(1.0f + vexp(-x)); }
+
+inline vf vtanh(vf x) {
+  // x P(x^2) / Q(x^2) on [-9, 9] (tanh rounds to +-1 beyond), P and Q of degrees 5 and 3 fitted to tanh in
+  // relative error (at most 3.5e-7 in float32 arithmetic, 3 ulp): no exp, one reciprocal.
+  const vf hi = splat<vf>(9.0f), lo = splat<vf>(-9.0f);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const vf u = x * x;
+  vf p = splat<vf>(1.8596735262832453e-11f);
+  p = p * u - 1.2936445692446341e-08f;
+  p = p * u + 9.327208317699842e-06f;
+  p = p * u + 0.002927991794422269f;
+  p = p * u + 0.12926241755485535f;
+  p = p * u + 1.0f;
+  vf q = splat<vf>(0.00022905772493686527f);
+  q = q * u + 0.02379360981285572f;
+  q = q * u + 0.46259549260139465f;
+  q = q * u + 1.0f;
+  return x * p * reciprocal(q);
+}
+
+inline vf vlog(vf x) {  // Cephes logf for positive normal x; other lanes (0, subnormal, inf, NaN) by std::log
+  vi32 bits = (vi32)x;
+  vi32 e = ((bits >> 23) & 0xff) - 126;  // x = m 2^e, m in [0.5, 1)
+  vf m = (vf)((bits & 0x007fffff) | 0x3f000000);
+  vi32 below = m < 0.707106781186547524f;  // -1 where m < sqrt(1/2): then m -> 2m - 1, e -> e - 1
+  e = e + below;
+  m = below ? m + m - 1.0f : m - 1.0f;
+  vf fe = __builtin_convertvector(e, vf);
+  vf z = m * m;
+  vf y = splat<vf>(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y = y + fe * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  vf r = m + y + fe * 0.693359375f;
+  vi32 special = (x < std::numeric_limits<float>::min()) | !(x < std::numeric_limits<float>::infinity());
+  for (int l = 0; l < Simd<float>::W; ++l)
+    if (special[l]) r[l] = std::log(x[l]);
+  return r;
+}
+
+// ---- float64: the same steps lane by lane through libm (a reference precision for tests and gradcheck) ----
+
+inline vd vexp(vd x) {
+  for (int l = 0; l < Simd<double>::W; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+inline vd vsigmoid(vd x) { return 1.0 / (1.0 + vexp(-x)); }
+inline vd vtanh(vd x) {
+  for (int l = 0; l < Simd<double>::W; ++l) x[l] = std::tanh(x[l]);
+  return x;
+}
+inline vd vlog(vd x) {
+  for (int l = 0; l < Simd<double>::W; ++l) x[l] = std::log(x[l]);
+  return x;
+}
+
+// The preprocessing of Andrychowicz et al. (fewshot_l2l/preprocess.py): (log(max(|x|, e^-p)) / p, sign x) where
+// |x| >= e^-p, (-1, e^p x) below.
+template <typename T> struct Preprocess {
+  T threshold, p, scale;  // e^-p, p, e^p (rounded to T as torch rounds them)
+  template <typename V> inline void apply(V x, V& magnitude, V& direction) const {
+    const V zero = V{}, one = zero + T(1);
+    V a = x < zero ? -x : x;
+    V clamped = a < threshold ? zero + threshold : a;
+    magnitude = vlog(clamped) / p;
+    V sign = x > zero ? one : (x < zero ? -one : zero);
+    direction = a >= threshold ? sign : x * scale;
+  }
+  inline void apply(T x, T& magnitude, T& direction) const {
+    T a = std::fabs(x);
+    magnitude = std::log(std::max(a, threshold)) / p;
+    direction = a >= threshold ? T((x > 0) - (x < 0)) : x * scale;
+  }
+};
+
+// One LSTM unit u of a tile: its four gate pre-activations (input, forget, cell, output, nn.LSTMCell's order) from
+// the K inputs in[] (registers when K is a compile-time constant). w holds the unit's four weight rows, [4][K].
+template <int KS, typename V, typename T>
+inline void unit_gates(const T* w, const T* bias, const V* in, int k_runtime, V& gi, V& gf, V& gc, V& go) {
+  const int K = KS ? KS : k_runtime;
+  gi = splat<V>(bias[0]);
+  gf = splat<V>(bias[1]);
+  gc = splat<V>(bias[2]);
+  go = splat<V>(bias[3]);
+#pragma GCC unroll 48
+  for (int m = 0; m < K; ++m) {
+    const V x = in[m];
+    gi += w[m] * x;
+    gf += w[K + m] * x;
+    gc += w[2 * K + m] * x;
+    go += w[3 * K + m] * x;
+  }
+}
+
+// An LSTM layer's weights regrouped per unit: packed[u][g][m] = [weight_ih | weight_hh][g H + u][m] and
+// bias[u][g] = bias[g H + u]; and back, for the gradients.
+template <typename T>
+void pack_lstm(const T* weight_ih, const T* weight_hh, const T* bias, int hidden, int inputs, T* packed, T* packed_bias) {
+  const int K = inputs + hidden;
+  for (int u = 0; u < hidden; ++u)
+    for (int g = 0; g < 4; ++g) {
+      const int row = g * hidden + u;
+      T* out = packed + (4 * u + g) * K;
+      for (int m = 0; m < inputs; ++m) out[m] = weight_ih[row * inputs + m];
+      for (int k = 0; k < hidden; ++k) out[inputs + k] = weight_hh[row * hidden + k];
+      packed_bias[4 * u + g] = bias[row];
+    }
+}
+
+template <typename T>
+void unpack_lstm_grad(const double* packed, const double* packed_bias, int hidden, int inputs, T* d_weight_ih,
+                      T* d_weight_hh, T* d_bias) {
+  const int K = inputs + hidden;
+  for (int u = 0; u < hidden; ++u)
+    for (int g = 0; g < 4; ++g) {
+      const int row = g * hidden + u;
+      const double* in = packed + (4 * u + g) * K;
+      for (int m = 0; m < inputs; ++m) d_weight_ih[row * inputs + m] = T(in[m]);
+      for (int k = 0; k < hidden; ++k) d_weight_hh[row * hidden + k] = T(in[inputs + k]);
+      d_bias[row] = T(packed_bias[4 * u + g]);
+    }
+}
+
+int thread_count(int requested) {
+#ifdef _OPENMP
+  return std::max(1, requested);
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+// ============================== Meta-LSTM (Ravi & Larochelle) ==============================
+// Mirrors fewshot_l2l/kernels/cpu.py: MetaLSTMCall. Pointers are to contiguous tensors of the step's dtype.
+extern "C" struct MetaLSTMCall {
+  int64_t batch, n_params, hidden;
+  double p, threshold, scale;  // p, e^-p, e^p
+  int64_t threads;
+  // inputs: theta, grad [N]; loss [B]; h, c [hidden, N]; f, i [N]
+  const void *theta, *grad, *loss, *h, *c, *f, *i;
+  // weights: weight_ih [4H, 4], weight_hh [4H, H], bias [4H], weight_forget, weight_input [H + 2], biases []
+  const void *weight_ih, *weight_hh, *bias, *weight_forget, *weight_input, *bias_forget, *bias_input;
+  // forward outputs; in the backward, theta_out is unused and f_out, i_out are the saved outputs
+  void *theta_out, *h_out, *c_out, *f_out, *i_out;
+  // backward: the gradients of the outputs, then the gradients of the inputs and weights
+  const void *d_theta_out, *d_h_out, *d_c_out, *d_f_out, *d_i_out;
+  void *d_theta, *d_h, *d_c, *d_f, *d_i;
+  void *d_weight_ih, *d_weight_hh, *d_bias, *d_weight_forget, *d_weight_input, *d_bias_forget, *d_bias_input;
+};
+
+namespace {
+
+template <typename T> struct MetaWeights {
+  int H, K;
+  std::vector<T> packed, bias, forget, input;  // packed [H][4][K], bias [H][4], forget/input [H + 2]
+  T bias_forget, bias_input;
+  explicit MetaWeights(const MetaLSTMCall& a) : H(int(a.hidden)), K(4 + int(a.hidden)) {
+    packed.resize(size_t(4) * H * K);
+    bias.resize(size_t(4) * H);
+    pack_lstm((const T*)a.weight_ih, (const T*)a.weight_hh, (const T*)a.bias, H, 4, packed.data(), bias.data());
+    forget.assign((const T*)a.weight_forget, (const T*)a.weight_forget + H + 2);
+    input.assign((const T*)a.weight_input, (const T*)a.weight_input + H + 2);
+    bias_forget = *(const T*)a.bias_forget;
+    bias_input = *(const T*)a.bias_input;
+  }
+};
+
+struct Tiles {  // tile t: episode t / per_episode, coordinates [start, start + width) of N
+  int64_t per_episode, count, n_params;
+  int W;
+  Tiles(int64_t batch, int64_t n_params, int W)
+      : per_episode((n_params + W - 1) / W), count(batch * ((n_params + W - 1) / W)), n_params(n_params), W(W) {}
+  int64_t episode(int64_t t) const { return t / per_episode; }
+  int64_t start(int64_t t) const { return episode(t) * n_params + (t % per_episode) * W; }
+  int width(int64_t t) const { return int(std::min<int64_t>(W, n_params - (t % per_episode) * W)); }
+};
+
+template <typename T, int HS> struct MetaLSTMKernel {
+  using V = typename Simd<T>::V;
+  static constexpr int W = Simd<T>::W;
+  static constexpr int KS = HS ? HS + 4 : 0;
+
+  static void forward(const MetaLSTMCall& a) {
+    const MetaWeights<T> w(a);
+    const int H = HS ? HS : w.H, K = H + 4;
+    const int64_t N = a.batch * a.n_params;
+    const Tiles tiles(a.batch, a.n_params, W);
+    const Preprocess<T> pre{T(a.threshold), T(a.p), T(a.scale)};
+    const T *theta = (const T*)a.theta, *grad = (const T*)a.grad, *loss = (const T*)a.loss;
+    const T *h = (const T*)a.h, *c = (const T*)a.c, *f = (const T*)a.f, *i = (const T*)a.i;
+    T *theta_out = (T*)a.theta_out, *h_out = (T*)a.h_out, *c_out = (T*)a.c_out, *f_out = (T*)a.f_out,
+      *i_out = (T*)a.i_out;
+    const T *wf = w.forget.data(), *wi = w.input.data();
+#pragma omp parallel num_threads(thread_count(int(a.threads)))
+    {
+      std::vector<V> scratch(HS ? 0 : 5 * H + 4);
+      V local_in[HS ? KS : 1], local_gates[HS ? 4 * HS : 1];
+      V* in = HS ? local_in : scratch.data();
+      V* gates = HS ? local_gates : scratch.data() + K;
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < tiles.count; ++t) {
+        const int64_t j = tiles.start(t);
+        const int n = tiles.width(t);
+        if (t + 1 < tiles.count) {
+          const int64_t next = tiles.start(t + 1);
+          prefetch_rows(h, N, H, next, 0);
+          prefetch_rows(c, N, H, next, 0);
+          for (const T* row : {theta, grad, f, i}) prefetch_rows(row, 0, 1, next, 0);
+          prefetch_rows(h_out, N, H, next, 1);
+          prefetch_rows(c_out, N, H, next, 1);
+        }
+        T loss_magnitude, loss_direction;
+        pre.apply(loss[tiles.episode(t)], loss_magnitude, loss_direction);
+        const V th = load<V>(theta + j, n), g = load<V>(grad + j, n);
+        pre.apply(g, in[0], in[1]);
+        in[2] = splat<V>(loss_magnitude);
+        in[3] = splat<V>(loss_direction);
+#pragma GCC unroll 32
+        for (int k = 0; k < H; ++k) in[4 + k] = load<V>(h + k * N + j, n);
+        V F = wf[H] * th + wf[H + 1] * load<V>(f + j, n) + w.bias_forget;
+        V I = wi[H] * th + wi[H + 1] * load<V>(i + j, n) + w.bias_input;
+        // All gates first, then the activations: independent chains that the core overlaps (one unit at a
+        // time was latency-bound: a 24-deep FMA chain, then two dependent transcendental functions).
+        for (int u = 0; u < H; ++u)
+          unit_gates<KS>(&w.packed[size_t(4) * u * K], &w.bias[4 * u], in, K, gates[4 * u], gates[4 * u + 1],
+                         gates[4 * u + 2], gates[4 * u + 3]);
+        for (int u = 0; u < H; ++u) {
+          const V c_next = vsigmoid(gates[4 * u + 1]) * load<V>(c + u * N + j, n) +
+                           vsigmoid(gates[4 * u]) * vtanh(gates[4 * u + 2]);
+          const V h_next = vsigmoid(gates[4 * u + 3]) * vtanh(c_next);
+          store(c_out + u * N + j, c_next, n);
+          store(h_out + u * N + j, h_next, n);
+          F += wf[u] * h_next;
+          I += wi[u] * h_next;
+        }
+        store(theta_out + j, vsigmoid(F) * th - vsigmoid(I) * g, n);
+        store(f_out + j, F, n);
+        store(i_out + j, I, n);
+      }
+    }
+  }
+
+  // Per-thread weight-gradient accumulators, one vector of lanes per weight.
+  struct Accumulators {
+    std::vector<V> lstm, lstm_bias, forget, input;  // [4H][K], [4H], [H + 3] (W_F, then b_F), likewise W_I
+    Accumulators(int H, int K) : lstm(size_t(4) * H * K), lstm_bias(4 * H), forget(H + 3), input(H + 3) {}
+  };
+
+  static void backward(const MetaLSTMCall& a) {
+    const MetaWeights<T> w(a);
+    const int H = HS ? HS : w.H, K = H + 4;
+    const int64_t N = a.batch * a.n_params;
+    const Tiles tiles(a.batch, a.n_params, W);
+    const int64_t blocks = (tiles.count + kTileBlock - 1) / kTileBlock;
+    const Preprocess<T> pre{T(a.threshold), T(a.p), T(a.scale)};
+    const T *theta = (const T*)a.theta, *grad = (const T*)a.grad, *loss = (const T*)a.loss;
+    const T *h = (const T*)a.h, *c = (const T*)a.c, *f = (const T*)a.f, *i = (const T*)a.i;
+    const T *F_saved = (const T*)a.f_out, *I_saved = (const T*)a.i_out;
+    const T *d_theta_out = (const T*)a.d_theta_out, *d_h_out = (const T*)a.d_h_out, *d_c_out = (const T*)a.d_c_out,
+            *d_f_out = (const T*)a.d_f_out, *d_i_out = (const T*)a.d_i_out;
+    T *d_theta = (T*)a.d_theta, *d_h = (T*)a.d_h, *d_c = (T*)a.d_c, *d_f = (T*)a.d_f, *d_i = (T*)a.d_i;
+    const T *wf = w.forget.data(), *wi = w.input.data();
+    const int threads = thread_count(int(a.threads));
+    const size_t n_sums = size_t(4) * H * K + 4 * H + 2 * (H + 3);
+    std::vector<double> partial(size_t(threads) * n_sums, 0.0);
+#pragma omp parallel num_threads(threads)
+    {
+      Accumulators acc(H, K);
+      std::vector<V> in_block(size_t(kTileBlock) * K), dgates_block(size_t(kTileBlock) * 4 * H);
+#pragma omp for schedule(static)
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t first = block * kTileBlock;
+        const int in_block_tiles = int(std::min<int64_t>(kTileBlock, tiles.count - first));
+        for (int b = 0; b < in_block_tiles; ++b) {
+          const int64_t t = first + b;
+          const int64_t j = tiles.start(t);
+          const int n = tiles.width(t);
+          if (t + 1 < tiles.count) {
+            const int64_t next = tiles.start(t + 1);
+            for (const T* rows : {h, c, d_h_out, d_c_out}) prefetch_rows(rows, N, H, next, 0);
+            for (const T* row : {theta, grad, f, i, F_saved, I_saved, d_theta_out, d_f_out, d_i_out})
+              prefetch_rows(row, 0, 1, next, 0);
+            prefetch_rows(d_h, N, H, next, 1);
+            prefetch_rows(d_c, N, H, next, 1);
+          }
+          V* in = &in_block[size_t(b) * K];
+          V* dgates = &dgates_block[size_t(b) * 4 * H];
+          // Layer 2 (lanes beyond n load as zeros, gradients included, so they add nothing to the sums).
+          const V th = load<V>(theta + j, n), g = load<V>(grad + j, n);
+          const V f_prev = load<V>(f + j, n), i_prev = load<V>(i + j, n);
+          const V sF = vsigmoid(load<V>(F_saved + j, n)), sI = vsigmoid(load<V>(I_saved + j, n));
+          const V dto = load<V>(d_theta_out + j, n);
+          const V dF = load<V>(d_f_out + j, n) + dto * th * sF * (T(1) - sF);
+          const V dI = load<V>(d_i_out + j, n) - dto * g * sI * (T(1) - sI);
+          store(d_theta + j, dto * sF + dF * wf[H] + dI * wi[H], n);
+          store(d_f + j, dF * wf[H + 1], n);
+          store(d_i + j, dI * wi[H + 1], n);
+          acc.forget[H] += dF * th;
+          acc.forget[H + 1] += dF * f_prev;
+          acc.forget[H + 2] += dF;
+          acc.input[H] += dI * th;
+          acc.input[H + 1] += dI * i_prev;
+          acc.input[H + 2] += dI;
+          // Layer 1, recomputed unit by unit.
+          T loss_magnitude, loss_direction;
+          pre.apply(loss[tiles.episode(t)], loss_magnitude, loss_direction);
+          pre.apply(g, in[0], in[1]);
+          in[2] = splat<V>(loss_magnitude);
+          in[3] = splat<V>(loss_direction);
+          V local[HS ? KS : 1];
+          V* regs = HS ? local : in;
+#pragma GCC unroll 32
+          for (int k = 0; k < H; ++k) in[4 + k] = load<V>(h + k * N + j, n);
+          if (HS) {
+#pragma GCC unroll 32
+            for (int m = 0; m < K; ++m) local[m] = in[m];
+          }
+          for (int u = 0; u < H; ++u)
+            unit_gates<KS>(&w.packed[size_t(4) * u * K], &w.bias[4 * u], regs, K, dgates[4 * u], dgates[4 * u + 1],
+                           dgates[4 * u + 2], dgates[4 * u + 3]);  // the gates, overwritten by their gradients
+          for (int u = 0; u < H; ++u) {
+            const V si = vsigmoid(dgates[4 * u]), sf = vsigmoid(dgates[4 * u + 1]), tc = vtanh(dgates[4 * u + 2]),
+                    so = vsigmoid(dgates[4 * u + 3]);
+            const V c_prev = load<V>(c + u * N + j, n);
+            const V c_next = sf * c_prev + si * tc;
+            const V tanh_c = vtanh(c_next);
+            const V h_next = so * tanh_c;
+            acc.forget[u] += dF * h_next;
+            acc.input[u] += dI * h_next;
+            const V dh_next = load<V>(d_h_out + u * N + j, n) + dF * wf[u] + dI * wi[u];
+            const V dc_next = load<V>(d_c_out + u * N + j, n) + dh_next * so * (T(1) - tanh_c * tanh_c);
+            store(d_c + u * N + j, dc_next * sf, n);
+            dgates[4 * u + 0] = dc_next * tc * si * (T(1) - si);
+            dgates[4 * u + 1] = dc_next * c_prev * sf * (T(1) - sf);
+            dgates[4 * u + 2] = dc_next * si * (T(1) - tc * tc);
+            dgates[4 * u + 3] = dh_next * tanh_c * so * (T(1) - so);
+          }
+          // d h_{t-1} = weight_hh^T d gates.
+          if (HS) {
+            V dh[HS ? HS : 1];
+#pragma GCC unroll 32
+            for (int k = 0; k < H; ++k) dh[k] = V{};
+            for (int r = 0; r < 4 * H; ++r) {
+              const V d = dgates[r];
+              const T* row = &w.packed[size_t(r) * K + 4];
+#pragma GCC unroll 32
+              for (int k = 0; k < H; ++k) dh[k] += row[k] * d;
+            }
+#pragma GCC unroll 32
+            for (int k = 0; k < H; ++k) store(d_h + k * N + j, dh[k], n);
+          } else {
+            for (int k = 0; k < H; ++k) {
+              V s = V{};
+              for (int r = 0; r < 4 * H; ++r) s += w.packed[size_t(r) * K + 4 + k] * dgates[r];
+              store(d_h + k * N + j, s, n);
+            }
+          }
+        }
+        for (int b = in_block_tiles; b < kTileBlock; ++b) {  // a short last block: zeros add nothing
+          std::fill_n(&in_block[size_t(b) * K], K, V{});
+          std::fill_n(&dgates_block[size_t(b) * 4 * H], 4 * H, V{});
+        }
+        // Weight gradients of layer 1: sum over the block's tiles of d gates (x) inputs, in registers.
+        for (int r = 0; r < 4 * H; ++r) {
+          V d[kTileBlock];
+          V bias_sum = V{};
+#pragma GCC unroll 8
+          for (int b = 0; b < kTileBlock; ++b) {
+            d[b] = dgates_block[size_t(b) * 4 * H + r];
+            bias_sum += d[b];
+          }
+          acc.lstm_bias[r] += bias_sum;
+          V* out = &acc.lstm[size_t(r) * K];
+          for (int m = 0; m < K; ++m) {
+            V s = V{};
+#pragma GCC unroll 8
+            for (int b = 0; b < kTileBlock; ++b) s += d[b] * in_block[size_t(b) * K + m];
+            out[m] += s;
+          }
+        }
+      }
+      double* mine = &partial[size_t(thread_id()) * n_sums];
+      size_t at = 0;
+      for (const V& v : acc.lstm) mine[at++] = lane_sum<T>(v);
+      for (const V& v : acc.lstm_bias) mine[at++] = lane_sum<T>(v);
+      for (const V& v : acc.forget) mine[at++] = lane_sum<T>(v);
+      for (const V& v : acc.input) mine[at++] = lane_sum<T>(v);
+    }
+    std::vector<double> total(n_sums, 0.0);
+    for (int t = 0; t < threads; ++t)
+      for (size_t s = 0; s < n_sums; ++s) total[s] += partial[size_t(t) * n_sums + s];
+    const double* sums = total.data();
+    unpack_lstm_grad(sums, sums + size_t(4) * H * K, H, 4, (T*)a.d_weight_ih, (T*)a.d_weight_hh, (T*)a.d_bias);
+    const double* forget = sums + size_t(4) * H * K + 4 * H;
+    const double* input = forget + H + 3;
+    for (int k = 0; k < H + 2; ++k) {
+      ((T*)a.d_weight_forget)[k] = T(forget[k]);
+      ((T*)a.d_weight_input)[k] = T(input[k]);
+    }
+    *(T*)a.d_bias_forget = T(forget[H + 2]);
+    *(T*)a.d_bias_input = T(input[H + 2]);
+  }
+};
+
+template <typename T> int meta_lstm_dispatch(const MetaLSTMCall* a, bool backward) {
+  if (a->hidden < 1 || a->batch < 0 || a->n_params < 1) return 1;
+  switch (a->hidden) {
+    case 8:
+      backward ? MetaLSTMKernel<T, 8>::backward(*a) : MetaLSTMKernel<T, 8>::forward(*a);
+      return 0;
+    case 20:
+      backward ? MetaLSTMKernel<T, 20>::backward(*a) : MetaLSTMKernel<T, 20>::forward(*a);
+      return 0;
+    default:
+      backward ? MetaLSTMKernel<T, 0>::backward(*a) : MetaLSTMKernel<T, 0>::forward(*a);
+      return 0;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+// dtype: 0 float32, 1 float64. Returns 0, or 1 for arguments out of range.
+int fewshot_meta_lstm_forward(const MetaLSTMCall* call, int dtype) {
+  return dtype == 0 ? meta_lstm_dispatch<float>(call, false) : meta_lstm_dispatch<double>(call, false);
+}
+int fewshot_meta_lstm_backward(const MetaLSTMCall* call, int dtype) {
+  return dtype == 0 ? meta_lstm_dispatch<float>(call, true) : meta_lstm_dispatch<double>(call, true);
+}
+int fewshot_vector_bytes() { return FS_VECTOR_BYTES; }
+}
