@@ -126,12 +126,6 @@ def fused_meta_lstm_step(
     return theta_next, MetaLSTMState(h_next.permute(1, 2, 0), c_next.permute(1, 2, 0), f_next, i_next)
 
 
-def _torch_func_active() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, ...) is running: they do not support the
-    saved-tensor hooks that checkpointing is built on."""
-    return torch._C._functorch.peek_interpreter_stack() is not None
-
-
 class CoordinateLSTMCell(nn.Module):
     """The parameters of a standard LSTM cell (as ``nn.LSTMCell``, one bias), in U(-0.01, 0.01); forward is :func:`lstm_cell`."""
 
@@ -229,27 +223,10 @@ class MetaLSTM(nn.Module):
     def step_kernel(self, step_kernel: str) -> None:
         self._step_kernel = kernels.check_step_kernel(type(self).__name__, step_kernel)
 
-    def fused_unsupported(self, theta: Tensor, grad: Tensor, loss: Tensor, state: MetaLSTMState) -> str | None:
-        """Why the fused step cannot run this step (``None`` when it can), whatever :attr:`step_kernel` says."""
-        if _torch_func_active():
-            return "a torch.func transform (grad, vmap, ...) is running"
-        if torch.is_grad_enabled() and (grad.requires_grad or loss.requires_grad):
-            return "second order: gradients flow through grad and loss"
-        for tensor in (grad, loss, *state, *self.weights()):
-            if tensor.dtype != theta.dtype or tensor.device != theta.device:
-                return "the step's tensors differ in dtype or device"
-        return kernels.unavailable_reason(theta.device, theta.dtype)
-
     def uses_fused_step(self, theta: Tensor, grad: Tensor, loss: Tensor, state: MetaLSTMState) -> bool:
-        """Whether :meth:`forward` runs the fused step on these inputs; with ``step_kernel="fused"``, a
-        ``ValueError`` saying why where it cannot."""
-        if self.step_kernel == "torch":
-            return False
-        reason = self.fused_unsupported(theta, grad, loss, state)
-        if reason is not None and self.step_kernel == "fused":
-            raise ValueError(f"{type(self).__name__}: step_kernel='fused' cannot run this step: {reason}; use "
-                             "step_kernel='auto' (the plain step where the fused one cannot run) or 'torch'")
-        return reason is None
+        """Whether :meth:`forward` runs the fused step on these inputs (:func:`fewshot_l2l.kernels.runs_fused`); with
+        ``step_kernel="fused"``, a ``ValueError`` saying why where it cannot."""
+        return kernels.runs_fused(type(self).__name__, self.step_kernel, theta, grad, loss, (*state, *self.weights()))
 
     def weights(self) -> MetaLSTMWeights:
         """The parameters, by name, as :func:`meta_lstm_step` takes them."""
@@ -298,7 +275,7 @@ class MetaLSTM(nn.Module):
         weights, state = self.weights(), MetaLSTMState(*state)
         if self.uses_fused_step(theta, grad, loss, state):
             return self._fused_step(weights, theta, grad, loss, state, self.p)
-        if _torch_func_active() or (torch.is_grad_enabled() and (grad.requires_grad or loss.requires_grad)):
+        if kernels.torch_func_active() or (torch.is_grad_enabled() and (grad.requires_grad or loss.requires_grad)):
             return meta_lstm_step(weights, theta, grad, loss, state, self.p)
         step = self._recomputed_step if torch.is_grad_enabled() else self._step
         batch, n_params = theta.shape

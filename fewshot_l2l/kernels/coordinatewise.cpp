@@ -111,7 +111,8 @@ inline vf vexp(vf x) {  // Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a 
   x = x > hi ? hi : x;
   x = x < lo ? lo : x;
 #ifdef FS_AVX512_RECIPROCAL
-  const vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf n = (vf)_mm512_maskz_roundscale_ps(0xffff, (__m512)(x * 1.44269504088896341f),
+                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
   vf t = x * 1.44269504088896341f + 0.5f;
   vf n = __builtin_convertvector(__builtin_convertvector(t, vi32), vf);
@@ -127,7 +128,7 @@ inline vf vexp(vf x) {  // Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a 
   y = y * r + 5.0000001201e-1f;
   y = y * (r * r) + r + 1.0f;
 #ifdef FS_AVX512_RECIPROCAL
-  return (vf)_mm512_scalef_ps((__m512)y, (__m512)n);
+  return (vf)_mm512_maskz_scalef_ps(0xffff, (__m512)y, (__m512)n);
 #else
   vi32 bits = (__builtin_convertvector(n, vi32) + 127) << 23;
   return y * (vf)bits;
@@ -236,6 +237,96 @@ inline void unit_gates(const T* w, const T* bias, const V* in, int k_runtime, V&
     gc += w[2 * K + m] * x;
     go += w[3 * K + m] * x;
   }
+}
+
+// One LSTM unit's cell from its four gate pre-activations: the activations, c' = sigma(f) c + sigma(i) tanh(g)
+// and h' = sigma(o) tanh(c'), kept for the backward.
+template <typename V> struct Cell {
+  V si, sf, tc, so, c_prev, tanh_c, h_next, c_next;
+  Cell() = default;
+  Cell(const V* gates, V c) : si(vsigmoid(gates[0])), sf(vsigmoid(gates[1])), tc(vtanh(gates[2])), so(vsigmoid(gates[3])),
+                              c_prev(c) {
+    c_next = sf * c_prev + si * tc;
+    tanh_c = vtanh(c_next);
+    h_next = so * tanh_c;
+  }
+  // From the gradients of h' and c': the gradients of the four gate pre-activations (into d_gates) and of c.
+  template <typename T> V backward(V d_h_next, V d_c_next, V* d_gates) const {
+    d_c_next += d_h_next * so * (T(1) - tanh_c * tanh_c);
+    d_gates[0] = d_c_next * tc * si * (T(1) - si);
+    d_gates[1] = d_c_next * c_prev * sf * (T(1) - sf);
+    d_gates[2] = d_c_next * si * (T(1) - tc * tc);
+    d_gates[3] = d_h_next * tanh_c * so * (T(1) - so);
+    return d_c_next * sf;
+  }
+};
+
+// out[k] = sum_r packed[r][offset + k] d_gates[r], k < H: the transposed weights of H of a layer's K inputs times
+// the gradients of its 4H gates (an input's gradient). Accumulators in registers when HS is a compile-time size.
+template <int HS, typename V, typename T>
+inline void transposed_product(const T* packed, int K, int offset, const V* d_gates, int h_runtime, V* out) {
+  const int H = HS ? HS : h_runtime;
+  if (HS) {
+    V acc[HS ? HS : 1];
+#pragma GCC unroll 32
+    for (int k = 0; k < H; ++k) acc[k] = V{};
+    for (int r = 0; r < 4 * H; ++r) {
+      const V d = d_gates[r];
+      const T* row = packed + size_t(r) * K + offset;
+#pragma GCC unroll 32
+      for (int k = 0; k < H; ++k) acc[k] += row[k] * d;
+    }
+#pragma GCC unroll 32
+    for (int k = 0; k < H; ++k) out[k] = acc[k];
+  } else {
+    for (int k = 0; k < H; ++k) {
+      V sum = V{};
+      for (int r = 0; r < 4 * H; ++r) sum += packed[size_t(r) * K + offset + k] * d_gates[r];
+      out[k] = sum;
+    }
+  }
+}
+
+// A layer's weight gradients from a block of kTileBlock tiles (R = 4H gate gradients and K inputs per tile):
+// acc[r][m] += sum_b d_gates[b][r] in[b][m] and acc_bias[r] += sum_b d_gates[b][r], summed in registers first.
+template <typename V>
+inline void accumulate_outer_products(const V* d_gates_block, int R, const V* in_block, int K, V* acc, V* acc_bias) {
+  for (int r = 0; r < R; ++r) {
+    V d[kTileBlock];
+    V bias_sum = V{};
+#pragma GCC unroll 8
+    for (int b = 0; b < kTileBlock; ++b) {
+      d[b] = d_gates_block[size_t(b) * R + r];
+      bias_sum += d[b];
+    }
+    acc_bias[r] += bias_sum;
+    V* out = acc + size_t(r) * K;
+    for (int m = 0; m < K; ++m) {
+      V sum = V{};
+#pragma GCC unroll 8
+      for (int b = 0; b < kTileBlock; ++b) sum += d[b] * in_block[size_t(b) * K + m];
+      out[m] += sum;
+    }
+  }
+}
+
+// Per-thread weight-gradient sums, vectors of lanes, reduced over lanes into this thread's row of `partial`
+// (doubles) and then over threads in a fixed order.
+template <typename T> struct Sums {
+  using V = typename Simd<T>::V;
+  std::vector<V> lanes;
+  explicit Sums(size_t n) : lanes(n) {}
+  V* at(size_t offset) { return lanes.data() + offset; }
+  void to(double* row) const {
+    for (size_t s = 0; s < lanes.size(); ++s) row[s] = lane_sum<T>(lanes[s]);
+  }
+};
+
+std::vector<double> sum_over_threads(const std::vector<double>& partial, int threads, size_t n) {
+  std::vector<double> total(n, 0.0);
+  for (int t = 0; t < threads; ++t)
+    for (size_t s = 0; s < n; ++s) total[s] += partial[size_t(t) * n + s];
+  return total;
 }
 
 // An LSTM layer's weights regrouped per unit: packed[u][g][m] = [weight_ih | weight_hh][g H + u][m] and
@@ -381,13 +472,11 @@ template <typename T, int HS> struct MetaLSTMKernel {
           unit_gates<KS>(&w.packed[size_t(4) * u * K], &w.bias[4 * u], in, K, gates[4 * u], gates[4 * u + 1],
                          gates[4 * u + 2], gates[4 * u + 3]);
         for (int u = 0; u < H; ++u) {
-          const V c_next = vsigmoid(gates[4 * u + 1]) * load<V>(c + u * N + j, n) +
-                           vsigmoid(gates[4 * u]) * vtanh(gates[4 * u + 2]);
-          const V h_next = vsigmoid(gates[4 * u + 3]) * vtanh(c_next);
-          store(c_out + u * N + j, c_next, n);
-          store(h_out + u * N + j, h_next, n);
-          F += wf[u] * h_next;
-          I += wi[u] * h_next;
+          const Cell<V> cell(&gates[4 * u], load<V>(c + u * N + j, n));
+          store(c_out + u * N + j, cell.c_next, n);
+          store(h_out + u * N + j, cell.h_next, n);
+          F += wf[u] * cell.h_next;
+          I += wi[u] * cell.h_next;
         }
         store(theta_out + j, vsigmoid(F) * th - vsigmoid(I) * g, n);
         store(f_out + j, F, n);
@@ -395,12 +484,6 @@ template <typename T, int HS> struct MetaLSTMKernel {
       }
     }
   }
-
-  // Per-thread weight-gradient accumulators, one vector of lanes per weight.
-  struct Accumulators {
-    std::vector<V> lstm, lstm_bias, forget, input;  // [4H][K], [4H], [H + 3] (W_F, then b_F), likewise W_I
-    Accumulators(int H, int K) : lstm(size_t(4) * H * K), lstm_bias(4 * H), forget(H + 3), input(H + 3) {}
-  };
 
   static void backward(const MetaLSTMCall& a) {
     const MetaWeights<T> w(a);
@@ -417,12 +500,16 @@ template <typename T, int HS> struct MetaLSTMKernel {
     T *d_theta = (T*)a.d_theta, *d_h = (T*)a.d_h, *d_c = (T*)a.d_c, *d_f = (T*)a.d_f, *d_i = (T*)a.d_i;
     const T *wf = w.forget.data(), *wi = w.input.data();
     const int threads = thread_count(int(a.threads));
-    const size_t n_sums = size_t(4) * H * K + 4 * H + 2 * (H + 3);
+    // Sums: layer 1's packed weights [4H][K] and biases [4H], then W_F and b_F [H + 3], W_I and b_I [H + 3].
+    const size_t lstm_bias_at = size_t(4) * H * K, forget_at = lstm_bias_at + 4 * H, input_at = forget_at + H + 3;
+    const size_t n_sums = input_at + H + 3;
     std::vector<double> partial(size_t(threads) * n_sums, 0.0);
 #pragma omp parallel num_threads(threads)
     {
-      Accumulators acc(H, K);
-      std::vector<V> in_block(size_t(kTileBlock) * K), dgates_block(size_t(kTileBlock) * 4 * H);
+      Sums<T> sums(n_sums);
+      V *acc_lstm = sums.at(0), *acc_lstm_bias = sums.at(lstm_bias_at), *acc_forget = sums.at(forget_at),
+        *acc_input = sums.at(input_at);
+      std::vector<V> in_block(size_t(kTileBlock) * K), dgates_block(size_t(kTileBlock) * 4 * H), dh_scratch(HS ? 0 : H);
 #pragma omp for schedule(static)
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t first = block * kTileBlock;
@@ -451,12 +538,12 @@ template <typename T, int HS> struct MetaLSTMKernel {
           store(d_theta + j, dto * sF + dF * wf[H] + dI * wi[H], n);
           store(d_f + j, dF * wf[H + 1], n);
           store(d_i + j, dI * wi[H + 1], n);
-          acc.forget[H] += dF * th;
-          acc.forget[H + 1] += dF * f_prev;
-          acc.forget[H + 2] += dF;
-          acc.input[H] += dI * th;
-          acc.input[H + 1] += dI * i_prev;
-          acc.input[H + 2] += dI;
+          acc_forget[H] += dF * th;
+          acc_forget[H + 1] += dF * f_prev;
+          acc_forget[H + 2] += dF;
+          acc_input[H] += dI * th;
+          acc_input[H + 1] += dI * i_prev;
+          acc_input[H + 2] += dI;
           // Layer 1, recomputed unit by unit.
           T loss_magnitude, loss_direction;
           pre.apply(loss[tiles.episode(t)], loss_magnitude, loss_direction);
@@ -475,80 +562,32 @@ template <typename T, int HS> struct MetaLSTMKernel {
             unit_gates<KS>(&w.packed[size_t(4) * u * K], &w.bias[4 * u], regs, K, dgates[4 * u], dgates[4 * u + 1],
                            dgates[4 * u + 2], dgates[4 * u + 3]);  // the gates, overwritten by their gradients
           for (int u = 0; u < H; ++u) {
-            const V si = vsigmoid(dgates[4 * u]), sf = vsigmoid(dgates[4 * u + 1]), tc = vtanh(dgates[4 * u + 2]),
-                    so = vsigmoid(dgates[4 * u + 3]);
-            const V c_prev = load<V>(c + u * N + j, n);
-            const V c_next = sf * c_prev + si * tc;
-            const V tanh_c = vtanh(c_next);
-            const V h_next = so * tanh_c;
-            acc.forget[u] += dF * h_next;
-            acc.input[u] += dI * h_next;
+            const Cell<V> cell(&dgates[4 * u], load<V>(c + u * N + j, n));
+            acc_forget[u] += dF * cell.h_next;
+            acc_input[u] += dI * cell.h_next;
             const V dh_next = load<V>(d_h_out + u * N + j, n) + dF * wf[u] + dI * wi[u];
-            const V dc_next = load<V>(d_c_out + u * N + j, n) + dh_next * so * (T(1) - tanh_c * tanh_c);
-            store(d_c + u * N + j, dc_next * sf, n);
-            dgates[4 * u + 0] = dc_next * tc * si * (T(1) - si);
-            dgates[4 * u + 1] = dc_next * c_prev * sf * (T(1) - sf);
-            dgates[4 * u + 2] = dc_next * si * (T(1) - tc * tc);
-            dgates[4 * u + 3] = dh_next * tanh_c * so * (T(1) - so);
+            const V dc_prev = cell.template backward<T>(dh_next, load<V>(d_c_out + u * N + j, n), &dgates[4 * u]);
+            store(d_c + u * N + j, dc_prev, n);
           }
           // d h_{t-1} = weight_hh^T d gates.
-          if (HS) {
-            V dh[HS ? HS : 1];
+          V dh[HS ? HS : 1];
+          V* dh_rows = HS ? dh : dh_scratch.data();
+          transposed_product<HS>(w.packed.data(), K, 4, dgates, H, dh_rows);
 #pragma GCC unroll 32
-            for (int k = 0; k < H; ++k) dh[k] = V{};
-            for (int r = 0; r < 4 * H; ++r) {
-              const V d = dgates[r];
-              const T* row = &w.packed[size_t(r) * K + 4];
-#pragma GCC unroll 32
-              for (int k = 0; k < H; ++k) dh[k] += row[k] * d;
-            }
-#pragma GCC unroll 32
-            for (int k = 0; k < H; ++k) store(d_h + k * N + j, dh[k], n);
-          } else {
-            for (int k = 0; k < H; ++k) {
-              V s = V{};
-              for (int r = 0; r < 4 * H; ++r) s += w.packed[size_t(r) * K + 4 + k] * dgates[r];
-              store(d_h + k * N + j, s, n);
-            }
-          }
+          for (int k = 0; k < H; ++k) store(d_h + k * N + j, dh_rows[k], n);
         }
         for (int b = in_block_tiles; b < kTileBlock; ++b) {  // a short last block: zeros add nothing
           std::fill_n(&in_block[size_t(b) * K], K, V{});
           std::fill_n(&dgates_block[size_t(b) * 4 * H], 4 * H, V{});
         }
-        // Weight gradients of layer 1: sum over the block's tiles of d gates (x) inputs, in registers.
-        for (int r = 0; r < 4 * H; ++r) {
-          V d[kTileBlock];
-          V bias_sum = V{};
-#pragma GCC unroll 8
-          for (int b = 0; b < kTileBlock; ++b) {
-            d[b] = dgates_block[size_t(b) * 4 * H + r];
-            bias_sum += d[b];
-          }
-          acc.lstm_bias[r] += bias_sum;
-          V* out = &acc.lstm[size_t(r) * K];
-          for (int m = 0; m < K; ++m) {
-            V s = V{};
-#pragma GCC unroll 8
-            for (int b = 0; b < kTileBlock; ++b) s += d[b] * in_block[size_t(b) * K + m];
-            out[m] += s;
-          }
-        }
+        accumulate_outer_products(dgates_block.data(), 4 * H, in_block.data(), K, acc_lstm, acc_lstm_bias);
       }
-      double* mine = &partial[size_t(thread_id()) * n_sums];
-      size_t at = 0;
-      for (const V& v : acc.lstm) mine[at++] = lane_sum<T>(v);
-      for (const V& v : acc.lstm_bias) mine[at++] = lane_sum<T>(v);
-      for (const V& v : acc.forget) mine[at++] = lane_sum<T>(v);
-      for (const V& v : acc.input) mine[at++] = lane_sum<T>(v);
+      sums.to(&partial[size_t(thread_id()) * n_sums]);
     }
-    std::vector<double> total(n_sums, 0.0);
-    for (int t = 0; t < threads; ++t)
-      for (size_t s = 0; s < n_sums; ++s) total[s] += partial[size_t(t) * n_sums + s];
-    const double* sums = total.data();
-    unpack_lstm_grad(sums, sums + size_t(4) * H * K, H, 4, (T*)a.d_weight_ih, (T*)a.d_weight_hh, (T*)a.d_bias);
-    const double* forget = sums + size_t(4) * H * K + 4 * H;
-    const double* input = forget + H + 3;
+    const std::vector<double> total = sum_over_threads(partial, threads, n_sums);
+    unpack_lstm_grad(total.data(), total.data() + lstm_bias_at, H, 4, (T*)a.d_weight_ih, (T*)a.d_weight_hh,
+                     (T*)a.d_bias);
+    const double *forget = total.data() + forget_at, *input = total.data() + input_at;
     for (int k = 0; k < H + 2; ++k) {
       ((T*)a.d_weight_forget)[k] = T(forget[k]);
       ((T*)a.d_weight_input)[k] = T(input[k]);
@@ -575,6 +614,235 @@ template <typename T> int meta_lstm_dispatch(const MetaLSTMCall* a, bool backwar
 
 }  // namespace
 
+// ============================== Andrychowicz et al.'s coordinatewise LSTM optimizer ==============================
+// Mirrors fewshot_l2l/kernels/cpu.py: AndrychowiczCall. x = preprocess(grad) (2 features) -> LSTM(2 -> H) ->
+// LSTM(H -> H) -> theta + output_scale (w_out . h2 + b_out), as fewshot_l2l/optim/rules.py: AndrychowiczRule.
+extern "C" struct AndrychowiczCall {
+  int64_t batch, n_params, hidden;
+  double p, threshold, scale, output_scale;
+  int64_t threads;
+  const void *theta, *grad, *h1, *c1, *h2, *c2;  // theta, grad [N]; the two layers' states [hidden, N]
+  // layer 1: weight_ih [4H, 2], weight_hh [4H, H], bias [4H]; layer 2: [4H, H], [4H, H], [4H]; output [1, H], [1]
+  const void *weight_ih1, *weight_hh1, *bias1, *weight_ih2, *weight_hh2, *bias2, *weight_out, *bias_out;
+  void *theta_out, *h1_out, *c1_out, *h2_out, *c2_out;
+  const void *d_theta_out, *d_h1_out, *d_c1_out, *d_h2_out, *d_c2_out;
+  void *d_theta, *d_h1, *d_c1, *d_h2, *d_c2;
+  void *d_weight_ih1, *d_weight_hh1, *d_bias1, *d_weight_ih2, *d_weight_hh2, *d_bias2, *d_weight_out, *d_bias_out;
+};
+
+namespace {
+
+template <typename T> struct AndrychowiczWeights {
+  int H, K1, K2;
+  std::vector<T> packed1, bias1, packed2, bias2, out;  // packed [H][4][K], bias [H][4], out [H]
+  T bias_out;
+  explicit AndrychowiczWeights(const AndrychowiczCall& a)
+      : H(int(a.hidden)), K1(2 + int(a.hidden)), K2(2 * int(a.hidden)) {
+    packed1.resize(size_t(4) * H * K1);
+    bias1.resize(size_t(4) * H);
+    packed2.resize(size_t(4) * H * K2);
+    bias2.resize(size_t(4) * H);
+    pack_lstm((const T*)a.weight_ih1, (const T*)a.weight_hh1, (const T*)a.bias1, H, 2, packed1.data(), bias1.data());
+    pack_lstm((const T*)a.weight_ih2, (const T*)a.weight_hh2, (const T*)a.bias2, H, H, packed2.data(), bias2.data());
+    out.assign((const T*)a.weight_out, (const T*)a.weight_out + H);
+    bias_out = *(const T*)a.bias_out;
+  }
+};
+
+template <typename T, int HS> struct AndrychowiczKernel {
+  using V = typename Simd<T>::V;
+  static constexpr int W = Simd<T>::W;
+  static constexpr int K1S = HS ? HS + 2 : 0, K2S = HS ? 2 * HS : 0;
+
+  static void forward(const AndrychowiczCall& a) {
+    const AndrychowiczWeights<T> w(a);
+    const int H = HS ? HS : w.H, K1 = H + 2, K2 = 2 * H;
+    const int64_t N = a.batch * a.n_params;
+    const Tiles tiles(a.batch, a.n_params, W);
+    const Preprocess<T> pre{T(a.threshold), T(a.p), T(a.scale)};
+    const T output_scale = T(a.output_scale);
+    const T *theta = (const T*)a.theta, *grad = (const T*)a.grad;
+    const T *h1 = (const T*)a.h1, *c1 = (const T*)a.c1, *h2 = (const T*)a.h2, *c2 = (const T*)a.c2;
+    T *theta_out = (T*)a.theta_out, *h1_out = (T*)a.h1_out, *c1_out = (T*)a.c1_out, *h2_out = (T*)a.h2_out,
+      *c2_out = (T*)a.c2_out;
+#pragma omp parallel num_threads(thread_count(int(a.threads)))
+    {
+      std::vector<V> scratch(HS ? 0 : K1 + K2 + 4 * H);
+      V local_in1[HS ? K1S : 1], local_in2[HS ? K2S : 1], local_gates[HS ? 4 * HS : 1];
+      V* in1 = HS ? local_in1 : scratch.data();
+      V* in2 = HS ? local_in2 : scratch.data() + K1;
+      V* gates = HS ? local_gates : scratch.data() + K1 + K2;
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < tiles.count; ++t) {
+        const int64_t j = tiles.start(t);
+        const int n = tiles.width(t);
+        if (t + 1 < tiles.count) {
+          const int64_t next = tiles.start(t + 1);
+          for (const T* rows : {h1, c1, h2, c2}) prefetch_rows(rows, N, H, next, 0);
+          for (T* rows : {h1_out, c1_out, h2_out, c2_out}) prefetch_rows(rows, N, H, next, 1);
+          prefetch_rows(theta, 0, 1, next, 0);
+          prefetch_rows(grad, 0, 1, next, 0);
+        }
+        const V th = load<V>(theta + j, n);
+        pre.apply(load<V>(grad + j, n), in1[0], in1[1]);
+#pragma GCC unroll 32
+        for (int k = 0; k < H; ++k) in1[2 + k] = load<V>(h1 + k * N + j, n);
+        for (int u = 0; u < H; ++u)
+          unit_gates<K1S>(&w.packed1[size_t(4) * u * K1], &w.bias1[4 * u], in1, K1, gates[4 * u], gates[4 * u + 1],
+                          gates[4 * u + 2], gates[4 * u + 3]);
+        for (int u = 0; u < H; ++u) {
+          const Cell<V> cell(&gates[4 * u], load<V>(c1 + u * N + j, n));
+          store(c1_out + u * N + j, cell.c_next, n);
+          store(h1_out + u * N + j, cell.h_next, n);
+          in2[u] = cell.h_next;
+        }
+#pragma GCC unroll 32
+        for (int k = 0; k < H; ++k) in2[H + k] = load<V>(h2 + k * N + j, n);
+        for (int u = 0; u < H; ++u)
+          unit_gates<K2S>(&w.packed2[size_t(4) * u * K2], &w.bias2[4 * u], in2, K2, gates[4 * u], gates[4 * u + 1],
+                          gates[4 * u + 2], gates[4 * u + 3]);
+        V out = V{};
+        for (int u = 0; u < H; ++u) {
+          const Cell<V> cell(&gates[4 * u], load<V>(c2 + u * N + j, n));
+          store(c2_out + u * N + j, cell.c_next, n);
+          store(h2_out + u * N + j, cell.h_next, n);
+          out += w.out[u] * cell.h_next;
+        }
+        store(theta_out + j, th + (out + w.bias_out) * output_scale, n);
+      }
+    }
+  }
+
+  static void backward(const AndrychowiczCall& a) {
+    const AndrychowiczWeights<T> w(a);
+    const int H = HS ? HS : w.H, K1 = H + 2, K2 = 2 * H;
+    const int64_t N = a.batch * a.n_params;
+    const Tiles tiles(a.batch, a.n_params, W);
+    const int64_t blocks = (tiles.count + kTileBlock - 1) / kTileBlock;
+    const Preprocess<T> pre{T(a.threshold), T(a.p), T(a.scale)};
+    const T output_scale = T(a.output_scale);
+    const T *grad = (const T*)a.grad;
+    const T *h1 = (const T*)a.h1, *c1 = (const T*)a.c1, *h2 = (const T*)a.h2, *c2 = (const T*)a.c2;
+    const T *d_theta_out = (const T*)a.d_theta_out, *d_h1_out = (const T*)a.d_h1_out, *d_c1_out = (const T*)a.d_c1_out,
+            *d_h2_out = (const T*)a.d_h2_out, *d_c2_out = (const T*)a.d_c2_out;
+    T *d_theta = (T*)a.d_theta, *d_h1 = (T*)a.d_h1, *d_c1 = (T*)a.d_c1, *d_h2 = (T*)a.d_h2, *d_c2 = (T*)a.d_c2;
+    const int threads = thread_count(int(a.threads));
+    // Sums: layer 1 [4H][K1] and [4H], layer 2 [4H][K2] and [4H], the output layer [H] and [1].
+    const size_t bias1_at = size_t(4) * H * K1, layer2_at = bias1_at + 4 * H, bias2_at = layer2_at + size_t(4) * H * K2,
+                 out_at = bias2_at + 4 * H, n_sums = out_at + H + 1;
+    std::vector<double> partial(size_t(threads) * n_sums, 0.0);
+#pragma omp parallel num_threads(threads)
+    {
+      Sums<T> sums(n_sums);
+      std::vector<V> in1_block(size_t(kTileBlock) * K1), in2_block(size_t(kTileBlock) * K2),
+          d_gates1_block(size_t(kTileBlock) * 4 * H), d_gates2_block(size_t(kTileBlock) * 4 * H),
+          scratch(HS ? 0 : 2 * H);
+      std::vector<Cell<V>> cells_scratch(HS ? 0 : H);
+#pragma omp for schedule(static)
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t first = block * kTileBlock;
+        const int in_block_tiles = int(std::min<int64_t>(kTileBlock, tiles.count - first));
+        for (int b = 0; b < in_block_tiles; ++b) {
+          const int64_t t = first + b;
+          const int64_t j = tiles.start(t);
+          const int n = tiles.width(t);
+          if (t + 1 < tiles.count) {
+            const int64_t next = tiles.start(t + 1);
+            for (const T* rows : {h1, c1, h2, c2, d_h1_out, d_c1_out, d_h2_out, d_c2_out}) prefetch_rows(rows, N, H, next, 0);
+            for (T* rows : {d_h1, d_c1, d_h2, d_c2}) prefetch_rows(rows, N, H, next, 1);
+          }
+          V* in1 = &in1_block[size_t(b) * K1];
+          V* in2 = &in2_block[size_t(b) * K2];
+          V* d_gates1 = &d_gates1_block[size_t(b) * 4 * H];
+          V* d_gates2 = &d_gates2_block[size_t(b) * 4 * H];
+          V local_in1[HS ? K1S : 1], local_in2[HS ? K2S : 1], local_d[HS ? 2 * HS : 1];
+          Cell<V> local_cells[HS ? HS : 1];
+          Cell<V>* cells1 = HS ? local_cells : cells_scratch.data();
+          V* d_in2 = HS ? local_d : scratch.data();  // d h1' from layer 2 [H], then d h2 [H]
+          // Forward again (lanes beyond n load as zeros, gradients included: they add nothing to the sums).
+          pre.apply(load<V>(grad + j, n), in1[0], in1[1]);
+#pragma GCC unroll 32
+          for (int k = 0; k < H; ++k) in1[2 + k] = load<V>(h1 + k * N + j, n);
+          if (HS) {
+#pragma GCC unroll 32
+            for (int m = 0; m < K1; ++m) local_in1[m] = in1[m];
+          }
+          for (int u = 0; u < H; ++u)
+            unit_gates<K1S>(&w.packed1[size_t(4) * u * K1], &w.bias1[4 * u], HS ? local_in1 : in1, K1, d_gates1[4 * u],
+                            d_gates1[4 * u + 1], d_gates1[4 * u + 2], d_gates1[4 * u + 3]);
+          for (int u = 0; u < H; ++u) {
+            cells1[u] = Cell<V>(&d_gates1[4 * u], load<V>(c1 + u * N + j, n));
+            in2[u] = cells1[u].h_next;
+          }
+#pragma GCC unroll 32
+          for (int k = 0; k < H; ++k) in2[H + k] = load<V>(h2 + k * N + j, n);
+          if (HS) {
+#pragma GCC unroll 32
+            for (int m = 0; m < K2; ++m) local_in2[m] = in2[m];
+          }
+          for (int u = 0; u < H; ++u)
+            unit_gates<K2S>(&w.packed2[size_t(4) * u * K2], &w.bias2[4 * u], HS ? local_in2 : in2, K2, d_gates2[4 * u],
+                            d_gates2[4 * u + 1], d_gates2[4 * u + 2], d_gates2[4 * u + 3]);
+          // Backward: theta_next = theta + output_scale (w_out . h2' + b_out).
+          const V dto = load<V>(d_theta_out + j, n);
+          store(d_theta + j, dto, n);
+          const V d_out = dto * output_scale;
+          *sums.at(out_at + H) += d_out;
+          for (int u = 0; u < H; ++u) {
+            const Cell<V> cell(&d_gates2[4 * u], load<V>(c2 + u * N + j, n));
+            *sums.at(out_at + u) += d_out * cell.h_next;
+            const V dh = load<V>(d_h2_out + u * N + j, n) + d_out * w.out[u];
+            store(d_c2 + u * N + j, cell.template backward<T>(dh, load<V>(d_c2_out + u * N + j, n), &d_gates2[4 * u]), n);
+          }
+          transposed_product<HS>(w.packed2.data(), K2, 0, d_gates2, H, d_in2);      // d h1' through layer 2
+          transposed_product<HS>(w.packed2.data(), K2, H, d_gates2, H, d_in2 + H);  // d h2
+#pragma GCC unroll 32
+          for (int k = 0; k < H; ++k) store(d_h2 + k * N + j, d_in2[H + k], n);
+          for (int u = 0; u < H; ++u) {
+            const V dh = load<V>(d_h1_out + u * N + j, n) + d_in2[u];
+            store(d_c1 + u * N + j, cells1[u].template backward<T>(dh, load<V>(d_c1_out + u * N + j, n), &d_gates1[4 * u]), n);
+          }
+          transposed_product<HS>(w.packed1.data(), K1, 2, d_gates1, H, d_in2);  // d h1
+#pragma GCC unroll 32
+          for (int k = 0; k < H; ++k) store(d_h1 + k * N + j, d_in2[k], n);
+        }
+        for (int b = in_block_tiles; b < kTileBlock; ++b) {  // a short last block: zeros add nothing
+          std::fill_n(&in1_block[size_t(b) * K1], K1, V{});
+          std::fill_n(&in2_block[size_t(b) * K2], K2, V{});
+          std::fill_n(&d_gates1_block[size_t(b) * 4 * H], 4 * H, V{});
+          std::fill_n(&d_gates2_block[size_t(b) * 4 * H], 4 * H, V{});
+        }
+        accumulate_outer_products(d_gates1_block.data(), 4 * H, in1_block.data(), K1, sums.at(0), sums.at(bias1_at));
+        accumulate_outer_products(d_gates2_block.data(), 4 * H, in2_block.data(), K2, sums.at(layer2_at), sums.at(bias2_at));
+      }
+      sums.to(&partial[size_t(thread_id()) * n_sums]);
+    }
+    const std::vector<double> total = sum_over_threads(partial, threads, n_sums);
+    unpack_lstm_grad(total.data(), total.data() + bias1_at, H, 2, (T*)a.d_weight_ih1, (T*)a.d_weight_hh1, (T*)a.d_bias1);
+    unpack_lstm_grad(total.data() + layer2_at, total.data() + bias2_at, H, H, (T*)a.d_weight_ih2, (T*)a.d_weight_hh2,
+                     (T*)a.d_bias2);
+    for (int k = 0; k < H; ++k) ((T*)a.d_weight_out)[k] = T(total[out_at + k]);
+    *(T*)a.d_bias_out = T(total[out_at + H]);
+  }
+};
+
+template <typename T> int andrychowicz_dispatch(const AndrychowiczCall* a, bool backward) {
+  if (a->hidden < 1 || a->batch < 0 || a->n_params < 1) return 1;
+  switch (a->hidden) {
+    case 8:
+      backward ? AndrychowiczKernel<T, 8>::backward(*a) : AndrychowiczKernel<T, 8>::forward(*a);
+      return 0;
+    case 20:
+      backward ? AndrychowiczKernel<T, 20>::backward(*a) : AndrychowiczKernel<T, 20>::forward(*a);
+      return 0;
+    default:
+      backward ? AndrychowiczKernel<T, 0>::backward(*a) : AndrychowiczKernel<T, 0>::forward(*a);
+      return 0;
+  }
+}
+
+}  // namespace
+
 extern "C" {
 // dtype: 0 float32, 1 float64. Returns 0, or 1 for arguments out of range.
 int fewshot_meta_lstm_forward(const MetaLSTMCall* call, int dtype) {
@@ -582,6 +850,12 @@ int fewshot_meta_lstm_forward(const MetaLSTMCall* call, int dtype) {
 }
 int fewshot_meta_lstm_backward(const MetaLSTMCall* call, int dtype) {
   return dtype == 0 ? meta_lstm_dispatch<float>(call, true) : meta_lstm_dispatch<double>(call, true);
+}
+int fewshot_andrychowicz_forward(const AndrychowiczCall* call, int dtype) {
+  return dtype == 0 ? andrychowicz_dispatch<float>(call, false) : andrychowicz_dispatch<double>(call, false);
+}
+int fewshot_andrychowicz_backward(const AndrychowiczCall* call, int dtype) {
+  return dtype == 0 ? andrychowicz_dispatch<float>(call, true) : andrychowicz_dispatch<double>(call, true);
 }
 int fewshot_vector_bytes() { return FS_VECTOR_BYTES; }
 }

@@ -35,19 +35,28 @@ BUILD_TIMEOUT_S = 300
 logger = logging.getLogger("fewshot_l2l")
 
 
-class MetaLSTMCall(ctypes.Structure):
-    """The argument block of ``fewshot_meta_lstm_forward``/``_backward`` (``struct MetaLSTMCall`` in the source)."""
+def _argument_block(name: str, scalars: tuple[str, ...], inputs: tuple[str, ...], weights: tuple[str, ...],
+                    outputs: tuple[str, ...]) -> type[ctypes.Structure]:
+    """The ctypes mirror of a ``struct`` of the source: three int64 sizes, double scalars, the thread count, then
+    pointers to the inputs, the weights, the outputs, the outputs' gradients, the inputs' and the weights' gradients."""
+    pointers = (*inputs, *weights, *outputs, *(f"d_{name}" for name in outputs),
+                *(f"d_{name}" for name in inputs if name not in ("grad", "loss")), *(f"d_{name}" for name in weights))
+    fields = [(field, ctypes.c_int64) for field in ("batch", "n_params", "hidden")]
+    fields += [(field, ctypes.c_double) for field in scalars] + [("threads", ctypes.c_int64)]
+    fields += [(field, ctypes.c_void_p) for field in pointers]
+    return type(name, (ctypes.Structure,), {"_fields_": fields, "inputs": inputs, "weights": weights, "outputs": outputs})
 
-    _fields_ = [(name, ctypes.c_int64) for name in ("batch", "n_params", "hidden")] + [
-        (name, ctypes.c_double) for name in ("p", "threshold", "scale")] + [("threads", ctypes.c_int64)] + [
-        (name, ctypes.c_void_p) for name in (
-            "theta", "grad", "loss", "h", "c", "f", "i",
-            "weight_ih", "weight_hh", "bias", "weight_forget", "weight_input", "bias_forget", "bias_input",
-            "theta_out", "h_out", "c_out", "f_out", "i_out",
-            "d_theta_out", "d_h_out", "d_c_out", "d_f_out", "d_i_out",
-            "d_theta", "d_h", "d_c", "d_f", "d_i",
-            "d_weight_ih", "d_weight_hh", "d_bias", "d_weight_forget", "d_weight_input", "d_bias_forget", "d_bias_input",
-        )]
+
+# The step's tensors, in the order of the source's structs (outputs are named by their inputs plus "_out").
+MetaLSTMCall = _argument_block(
+    "MetaLSTMCall", ("p", "threshold", "scale"), ("theta", "grad", "loss", "h", "c", "f", "i"),
+    ("weight_ih", "weight_hh", "bias", "weight_forget", "weight_input", "bias_forget", "bias_input"),
+    ("theta_out", "h_out", "c_out", "f_out", "i_out"))
+AndrychowiczCall = _argument_block(
+    "AndrychowiczCall", ("p", "threshold", "scale", "output_scale"), ("theta", "grad", "h1", "c1", "h2", "c2"),
+    ("weight_ih1", "weight_hh1", "bias1", "weight_ih2", "weight_hh2", "bias2", "weight_out", "bias_out"),
+    ("theta_out", "h1_out", "c1_out", "h2_out", "c2_out"))
+_FUNCTIONS = {"meta_lstm": MetaLSTMCall, "andrychowicz": AndrychowiczCall}  # fewshot_<step>_forward/_backward
 
 
 class _Loader:
@@ -145,44 +154,59 @@ def build() -> Path:
 
 def _open(path: Path) -> ctypes.CDLL:
     handle = ctypes.CDLL(str(path))
-    for name in ("fewshot_meta_lstm_forward", "fewshot_meta_lstm_backward"):
-        function = getattr(handle, name)
-        function.argtypes = (ctypes.POINTER(MetaLSTMCall), ctypes.c_int)
-        function.restype = ctypes.c_int
+    for step, block in _FUNCTIONS.items():
+        for direction in ("forward", "backward"):
+            function = getattr(handle, f"fewshot_{step}_{direction}")
+            function.argtypes = (ctypes.POINTER(block), ctypes.c_int)
+            function.restype = ctypes.c_int
     return handle
 
 
-WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias", "weight_forget", "weight_input", "bias_forget", "bias_input")
-
-
-def _call(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tensor, f: Tensor, i: Tensor,
-          weights: tuple[Tensor, ...], p: float, **outputs: Tensor) -> MetaLSTMCall:
-    batch, n_params = theta.shape
-    call = MetaLSTMCall(batch=batch, n_params=n_params, hidden=h.shape[0], p=p, threshold=math.exp(-p),
-                        scale=math.exp(p), threads=torch.get_num_threads())
-    named = dict(zip(("theta", "grad", "loss", "h", "c", "f", "i"), (theta, grad, loss, h, c, f, i)))
-    for name, tensor in {**named, **dict(zip(WEIGHT_NAMES, weights)), **outputs}.items():
-        setattr(call, name, tensor.data_ptr())
-    return call
-
-
-def _run(function: str, call: MetaLSTMCall, dtype: torch.dtype) -> None:
+def _run(step: str, direction: str, tensors: dict[str, Tensor], hidden: int, **scalars: float) -> None:
+    """Fill ``step``'s argument block from ``tensors`` (contiguous, one dtype) and call its ``direction``."""
     handle = library()
     if handle is None:
         raise RuntimeError(f"the fused C++ step is unavailable: {_loader.reason}")
-    status = getattr(handle, f"fewshot_meta_lstm_{function}")(ctypes.byref(call), DTYPES[dtype])
+    theta = tensors["theta"]
+    call = _FUNCTIONS[step](batch=theta.shape[0], n_params=theta.shape[1], hidden=hidden, threads=torch.get_num_threads(),
+                            **scalars)
+    for name, tensor in tensors.items():
+        setattr(call, name, tensor.data_ptr())
+    status = getattr(handle, f"fewshot_{step}_{direction}")(ctypes.byref(call), DTYPES[theta.dtype])
     if status != 0:
-        raise RuntimeError(f"fewshot_meta_lstm_{function} refused its arguments (status {status})")
+        raise RuntimeError(f"fewshot_{step}_{direction} refused its arguments (status {status})")
+
+
+def _preprocessing(p: float) -> dict[str, float]:
+    return {"p": p, "threshold": math.exp(-p), "scale": math.exp(p)}
+
+
+def _forward(step: str, inputs: tuple[Tensor, ...], weights: tuple[Tensor, ...], hidden: int,
+             **scalars: float) -> tuple[Tensor, ...]:
+    block = _FUNCTIONS[step]
+    named = dict(zip(block.inputs, inputs))
+    outputs = {name: torch.empty_like(named[name[:-4]]) for name in block.outputs}
+    _run(step, "forward", {**named, **dict(zip(block.weights, weights)), **outputs}, hidden, **scalars)
+    return tuple(outputs.values())
+
+
+def _backward(step: str, output_grads: tuple[Tensor, ...], inputs: tuple[Tensor, ...], weights: tuple[Tensor, ...],
+              hidden: int, saved_outputs: dict[str, Tensor], **scalars: float) -> tuple[Tensor, ...]:
+    block = _FUNCTIONS[step]
+    named = dict(zip(block.inputs, inputs))
+    input_grads = {f"d_{name}": torch.empty_like(tensor) for name, tensor in named.items() if name not in ("grad", "loss")}
+    weight_grads = {f"d_{name}": torch.empty_like(weight) for name, weight in zip(block.weights, weights)}
+    tensors = {**named, **dict(zip(block.weights, weights)), **saved_outputs,
+               **{f"d_{name}": grad for name, grad in zip(block.outputs, output_grads)}, **input_grads, **weight_grads}
+    _run(step, "backward", tensors, hidden, **scalars)
+    return (*input_grads.values(), *weight_grads.values())
 
 
 def meta_lstm_forward(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tensor, f: Tensor, i: Tensor,
                       weights: tuple[Tensor, ...], p: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One fused step on contiguous CPU tensors (``h``, ``c`` ``[hidden, B, P]``; the rest as
+    """One fused Meta-LSTM step on contiguous CPU tensors (``h``, ``c`` ``[hidden, B, P]``; the rest as
     :func:`fewshot_l2l.kernels.meta_lstm_step_op`): ``(theta_next, h_next, c_next, f_next, i_next)``."""
-    outputs = dict(theta_out=torch.empty_like(theta), h_out=torch.empty_like(h), c_out=torch.empty_like(c),
-                   f_out=torch.empty_like(f), i_out=torch.empty_like(i))
-    _run("forward", _call(theta, grad, loss, h, c, f, i, weights, p, **outputs), theta.dtype)
-    return tuple(outputs.values())
+    return _forward("meta_lstm", (theta, grad, loss, h, c, f, i), weights, h.shape[0], **_preprocessing(p))
 
 
 def meta_lstm_backward(d_theta_next: Tensor, d_h_next: Tensor, d_c_next: Tensor, d_f_next: Tensor, d_i_next: Tensor,
@@ -191,10 +215,21 @@ def meta_lstm_backward(d_theta_next: Tensor, d_h_next: Tensor, d_c_next: Tensor,
     """The fused backward: from the gradients of the five outputs, those of ``theta``, ``h``, ``c``, ``f``, ``i``
     and of the seven weights (the layer-1 gates are recomputed from the inputs; ``f_next``/``i_next`` are the
     saved outputs)."""
-    inputs = dict(d_theta=torch.empty_like(theta), d_h=torch.empty_like(h), d_c=torch.empty_like(c),
-                  d_f=torch.empty_like(f), d_i=torch.empty_like(i))
-    weight_grads = {"d_" + name: torch.empty_like(weight) for name, weight in zip(WEIGHT_NAMES, weights)}
-    call = _call(theta, grad, loss, h, c, f, i, weights, p, f_out=f_next, i_out=i_next, d_theta_out=d_theta_next,
-                 d_h_out=d_h_next, d_c_out=d_c_next, d_f_out=d_f_next, d_i_out=d_i_next, **inputs, **weight_grads)
-    _run("backward", call, theta.dtype)
-    return (*inputs.values(), *weight_grads.values())
+    return _backward("meta_lstm", (d_theta_next, d_h_next, d_c_next, d_f_next, d_i_next), (theta, grad, loss, h, c, f, i),
+                     weights, h.shape[0], {"f_out": f_next, "i_out": i_next}, **_preprocessing(p))
+
+
+def andrychowicz_forward(theta: Tensor, grad: Tensor, h1: Tensor, c1: Tensor, h2: Tensor, c2: Tensor,
+                         weights: tuple[Tensor, ...], p: float, output_scale: float) -> tuple[Tensor, ...]:
+    """One fused step of Andrychowicz et al.'s LSTM optimizer on contiguous CPU tensors (states ``[hidden, B, P]``;
+    as :func:`fewshot_l2l.kernels.andrychowicz_step_op`): ``(theta_next, h1, c1, h2, c2)``."""
+    return _forward("andrychowicz", (theta, grad, h1, c1, h2, c2), weights, h1.shape[0], **_preprocessing(p),
+                    output_scale=output_scale)
+
+
+def andrychowicz_backward(output_grads: tuple[Tensor, ...], theta: Tensor, grad: Tensor, h1: Tensor, c1: Tensor,
+                          h2: Tensor, c2: Tensor, weights: tuple[Tensor, ...], p: float,
+                          output_scale: float) -> tuple[Tensor, ...]:
+    """Its backward (both layers recomputed): the gradients of ``theta``, the four states and the eight weights."""
+    return _backward("andrychowicz", output_grads, (theta, grad, h1, c1, h2, c2), weights, h1.shape[0], {},
+                     **_preprocessing(p), output_scale=output_scale)

@@ -55,13 +55,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
         rule: the learned update rule (its weights are not trained by this optimizer).
         lr: multiplies the rule's proposed change ``theta_next - theta`` (per group, the field
             learning-rate schedulers act on; 1.0 applies the rule as learned).
+        step_kernel: ``"auto"``, ``"fused"`` or ``"torch"``: how the rule's step runs (it sets
+            ``rule.step_kernel``, :attr:`~fewshot_l2l.optim.rules.UpdateRule.step_kernel`); ``None`` (default)
+            keeps the rule's own setting, ``"auto"`` unless changed: the fused kernel of
+            :mod:`fewshot_l2l.kernels` for the Meta-LSTM and the plain LSTM rule, the plain step for the others.
 
     ``update_scale``, this field's former name, is refused with a message saying
     so (as an argument and as a group key); optimizer state dicts saved under that
     name still load.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, lr: float = 1.0, **removed) -> None:
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, lr: float = 1.0,
+                 step_kernel: str | None = None, **removed) -> None:
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"LearnedOptimizer: rule must be an UpdateRule (fewshot_l2l.optim.rules), got {type(rule).__name__}")
         if "update_scale" in removed:
@@ -71,6 +76,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         _check_lr(lr)
         super().__init__(params, {"lr": lr})
         self.rule = rule
+        if step_kernel is not None:
+            rule.step_kernel = step_kernel
 
     def add_param_group(self, param_group: dict) -> None:
         """``torch.optim.Optimizer.add_param_group``, refusing the removed ``update_scale`` key and a negative ``lr``."""

@@ -1,6 +1,6 @@
-"""The Triton kernels of the fused step (fewshot_l2l.kernels.triton_step, the CUDA backend) against the plain step,
-meta_learner.meta_lstm_step: one step's outputs and every gradient, an unroll's meta-gradient, both branches of the
-preprocessing. On CUDA tensors where a GPU is present (benchmarks/gpu_check.sh); otherwise on CPU tensors under
+"""The Triton kernels of the fused steps (fewshot_l2l.kernels.triton_step, the CUDA backend) against the plain steps,
+meta_learner.meta_lstm_step and optim.rules.AndrychowiczRule: one step's outputs and every gradient, an unroll's
+meta-gradient, both branches of the preprocessing. On CUDA tensors where a GPU is present (benchmarks/gpu_check.sh); otherwise on CPU tensors under
 Triton's interpreter (TRITON_INTERPRET=1), which runs a kernel in a fraction of a second at these tiny sizes.
 
 Errors are relative to the largest entry of the reference tensor: max |Triton - plain| / max |plain|."""
@@ -19,6 +19,7 @@ triton = pytest.importorskip("triton")
 
 from fewshot_l2l import kernels  # noqa: E402
 from fewshot_l2l.meta_learner import MetaLearner, MetaLSTMState, fused_meta_lstm_step, meta_lstm_step  # noqa: E402
+from fewshot_l2l.optim.rules import AndrychowiczRule, AndrychowiczState  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 TRITON_BACKEND = kernels.BACKENDS["cuda"]
@@ -118,6 +119,31 @@ def test_unroll_meta_gradient_through_the_theta_recursion_equals_the_plain_step(
         ((theta * torch.linspace(-1, 1, theta.numel(), device=DEVICE).view(theta.shape)).sum()
          + 0.1 * (state.h ** 2).sum() + 0.01 * state.f.sum()).backward()
         results[kernel] = (theta.detach(), {name: param.grad.clone() for name, param in meta.named_parameters()})
+    assert relative_error(results["fused"][0], results["torch"][0]) <= 1e-5
+    for name, expected in results["torch"][1].items():
+        assert expected.abs().max() > 0, name
+        assert relative_error(results["fused"][1][name], expected) <= 1e-4, name
+
+
+@pytest.mark.parametrize("hidden_size, batch, steps", [(8, 1, 1), (20, 3, 3)])
+def test_andrychowicz_step_and_its_gradients_equal_the_plain_step(hidden_size, batch, steps):
+    torch.manual_seed(5)
+    rule = AndrychowiczRule(hidden_size=hidden_size).to(DEVICE)
+    results = {}
+    for kernel in ("fused", "torch"):
+        rule.step_kernel = kernel
+        generator = torch.Generator().manual_seed(6)
+        theta_0 = torch.randn(batch, 29, generator=generator).to(DEVICE).requires_grad_()
+        state = AndrychowiczState(*(0.5 * torch.randn(hidden_size, batch, 29, generator=generator).to(DEVICE).permute(1, 2, 0)
+                                    for _ in range(4)))
+        theta = theta_0
+        for _ in range(steps):
+            theta, state = rule(theta, gradients_over_magnitudes(batch, 29, generator).to(DEVICE), None, state)
+        rule.zero_grad()
+        weights = torch.rand(batch, 29, generator=generator).to(DEVICE)
+        ((theta * weights).sum() + 0.1 * (state.h2 ** 2).sum() + 0.2 * state.c1.sum() + 0.3 * state.h1.sum()
+         + 0.4 * state.c2.sum()).backward()
+        results[kernel] = (theta.detach(), {"theta_0": theta_0.grad, **{n: p.grad.clone() for n, p in rule.named_parameters()}})
     assert relative_error(results["fused"][0], results["torch"][0]) <= 1e-5
     for name, expected in results["torch"][1].items():
         assert expected.abs().max() > 0, name
