@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="SIZE:META_BATCH pairs, SIZE one of " + ", ".join(SIZES))
     parser.add_argument("--hidden-sizes", nargs="+", type=int, default=[20, 8])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA, --threads only sets the host's threads)")
     parser.add_argument("--inner-steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3, help="timed episodes (meta-batches) per process")
     parser.add_argument("--rounds", type=int, default=2, help="times the whole step comparison is repeated")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                         rows = {}
                         for variant in args.variants:
                             row = rows[variant] = {"round": round_index, "size": size, **run_isolated(
-                                variant, n_params, batch, args.inner_steps, hidden, args.repeats, threads)}
+                                variant, n_params, batch, args.inner_steps, hidden, args.repeats, threads, args.device)}
                             print(json.dumps(row), flush=True)
                             summary.append(
                                 f"round {round_index} {size} B={batch} H={hidden} {threads} thr {variant:20s} "
