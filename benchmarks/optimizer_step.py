@@ -60,9 +60,10 @@ def state_mb(optimizer: torch.optim.Optimizer) -> float:
     return total / 2**20
 
 
-def time_optimizer_step(model_name: str, optimizer_name: str, threads: int, steps: int = 4) -> dict:
-    """One row: seconds per ``optimizer.step()`` (wall and process CPU, after one warm-up step that creates
-    the state), the state's size, and the peak resident memory the steps added to the process."""
+def time_optimizer_step(model_name: str, optimizer_name: str, threads: int, steps: int = 4, warmup: int = 2) -> dict:
+    """One row: seconds per ``optimizer.step()`` (wall and process CPU, after ``warmup`` steps: the first creates
+    the state, the next ones grow the heap to its steady size, several GB at ResNet-18 scale, whose first-touch
+    page faults took seconds), the state's size, and the peak resident memory the steps added to the process."""
     torch.set_num_threads(threads)
     tune_cpu_allocator()
     torch.manual_seed(0)
@@ -76,7 +77,8 @@ def time_optimizer_step(model_name: str, optimizer_name: str, threads: int, step
     row = {"model": model_name, "n_params": sum(p.numel() for p in params), "optimizer": optimizer_name, "threads": threads}
     baseline_mb = peak_rss_mb()
     try:
-        optimizer.step(loss=loss) if isinstance(optimizer, LearnedOptimizer) else optimizer.step()
+        for _ in range(warmup):
+            optimizer.step(loss=loss) if isinstance(optimizer, LearnedOptimizer) else optimizer.step()
         wall, cpu = [], []
         for _ in range(steps):
             start, cpu_start = time.perf_counter(), time.process_time()

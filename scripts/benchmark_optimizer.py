@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per process (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per process (after two warm-up steps)")
     args = parser.parse_args(argv)
     summary = []
     for model in args.models:

@@ -85,8 +85,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.rule = rule
         if step_kernel is not None:
             rule.step_kernel = step_kernel
-        # Per state field, the last step's output of the rule [P, ...], its per-parameter views and their parameters.
-        self._last_step: dict = {}
 
     def add_param_group(self, param_group: dict) -> None:
         """``torch.optim.Optimizer.add_param_group``, refusing the removed ``update_scale`` key and a negative ``lr``."""
@@ -164,7 +162,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # in place, so parameters keep their storage (views, weight tying, other optimizers' references).
         for param, value in zip(params, theta_next[0].split(sizes)):
             param.copy_(value.view_as(param))
-        previous, self._last_step = self._last_step, {}
+        # Per state field, the last step's output of the rule [P, ...], its per-parameter views and their parameters
+        # (an attribute torch.optim's __getstate__ leaves out: a copy starts without it).
+        previous, self._last_step = getattr(self, "_last_step", {}), {}
         for name, value in zip(fields, state_next):
             if name in shared:
                 anchor["shared:" + name] = value[0].clone()
@@ -185,7 +185,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _gathered(self, params: list[Tensor], name: str) -> Tensor:
         """State field ``name`` of ``params`` as one ``[P, ...]`` tensor: the last step's output itself when every
         entry is still the view of it that step stored, else the entries concatenated, coordinates last in memory."""
-        last = self._last_step.get(name)
+        last = getattr(self, "_last_step", {}).get(name)
         if last is not None and len(last[1]) == len(params) and all(
                 self.state[param][name] is view for param, view in zip(params, last[1])):
             return last[0]  # the same parameters in the same order: the views' layout is the concatenation
