@@ -24,6 +24,13 @@ def _padded(hidden: int) -> int:
     return max(16, triton.next_power_of_2(hidden))  # tl.dot wants power-of-two sides of at least 16
 
 
+def _check_size(hidden: int, n: int) -> None:
+    """The kernels index the ``[hidden, N]`` states with 32-bit offsets."""
+    if hidden * n >= 2**31:
+        raise ValueError(f"fewshot_l2l.kernels.triton_step: hidden x coordinates = {hidden} x {n} is 2^31 or more, beyond "
+                         "the kernels' 32-bit offsets; step fewer coordinates at a time or use step_kernel='torch'")
+
+
 # ---- building blocks ----
 
 @triton.jit
@@ -369,6 +376,7 @@ def meta_lstm_forward(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: T
     """As :func:`fewshot_l2l.kernels.cpu.meta_lstm_forward`, on float32 tensors of a Triton device."""
     batch, n_params = theta.shape
     hidden = h.shape[0]
+    _check_size(hidden, theta.numel())
     outputs = tuple(torch.empty_like(t) for t in (theta, h, c, f, i))
     n = batch * n_params
     _meta_lstm_forward_kernel[(triton.cdiv(n, BLOCK),)](
@@ -383,6 +391,7 @@ def meta_lstm_backward(d_theta_next: Tensor, d_h_next: Tensor, d_c_next: Tensor,
     """As :func:`fewshot_l2l.kernels.cpu.meta_lstm_backward`, on float32 tensors of a Triton device."""
     batch, n_params = theta.shape
     hidden = h.shape[0]
+    _check_size(hidden, theta.numel())
     n = batch * n_params
     blocks = triton.cdiv(n, BLOCK)
     partial = torch.empty(blocks, sum(w.numel() for w in weights), dtype=theta.dtype, device=theta.device)
@@ -398,6 +407,7 @@ def andrychowicz_forward(theta: Tensor, grad: Tensor, h1: Tensor, c1: Tensor, h2
                          weights: tuple[Tensor, ...], p: float, output_scale: float) -> tuple[Tensor, ...]:
     """As :func:`fewshot_l2l.kernels.cpu.andrychowicz_forward`, on float32 tensors of a Triton device."""
     hidden = h1.shape[0]
+    _check_size(hidden, theta.numel())
     outputs = tuple(torch.empty_like(t) for t in (theta, h1, c1, h2, c2))
     n = theta.numel()
     _andrychowicz_forward_kernel[(triton.cdiv(n, BLOCK),)](
@@ -411,6 +421,7 @@ def andrychowicz_backward(output_grads: tuple[Tensor, ...], theta: Tensor, grad:
                           output_scale: float) -> tuple[Tensor, ...]:
     """As :func:`fewshot_l2l.kernels.cpu.andrychowicz_backward`, on float32 tensors of a Triton device."""
     hidden = h1.shape[0]
+    _check_size(hidden, theta.numel())
     n = theta.numel()
     blocks = triton.cdiv(n, BLOCK)
     partial = torch.empty(blocks, sum(w.numel() for w in weights), dtype=theta.dtype, device=theta.device)
