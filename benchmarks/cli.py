@@ -20,8 +20,8 @@ import torch
 
 from fewshot_l2l.adaptation import BATCHED_LEARNER_MODES
 from fewshot_l2l.cli.args import DEVICE_HELP
-from fewshot_l2l.devices import device_argument
-from fewshot_l2l.devices import resolve_device
+from fewshot_l2l.devices import device_argument, resolve_device
+from fewshot_l2l.kernels import STEP_KERNELS
 
 from .flops import matmul_flops_per_s
 from .speed import (
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-episodes", type=int, default=2, help="timed episodes of the naive implementation")
     parser.add_argument("--compile", action="store_true", help="torch.compile the meta-learner step")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the learner")
+    parser.add_argument("--step-kernel", default="auto", choices=STEP_KERNELS,
+                        help="our meta-learner step: the fused kernel (auto: where built and applicable) or plain torch")
     parser.add_argument("--in-process", action="store_true", help="no subprocesses (peak memory then accumulates)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: torch.profiler of one meta-update per configuration (summary JSON + top-ops table)")
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         for shape_name in args.shapes:
             for meta_batch in args.meta_batches:
-                summary, table = profile_meta_update(SHAPES[shape_name], meta_batch, str(device))
+                summary, table = profile_meta_update(SHAPES[shape_name], meta_batch, str(device),
+                                                     step_kernel=args.step_kernel)
                 print(json.dumps(summary))
                 print(table, flush=True)
         return
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             settings = BenchmarkSettings(
                 meta_batch=meta_batch, device=str(device), timed_updates=args.timed_updates,
                 min_timed_episodes=args.min_timed_episodes, naive_episodes=args.naive_episodes if naive_row is None else 0,
-                compile=args.compile, amp=args.amp, matmul_flops_per_s=rate,
+                compile=args.compile, amp=args.amp, step_kernel=args.step_kernel, matmul_flops_per_s=rate,
             )
             if args.in_process:
                 row = _child(shape_name, settings, args.threads)
@@ -134,7 +137,8 @@ def run_throughput(args: argparse.Namespace, device: torch.device) -> None:
         for layout in args.layouts:
             for meta_batch in args.meta_batches:
                 settings = ThroughputSettings(meta_batch=meta_batch, pairs=args.pairs, reference=args.reference,
-                                              amp=args.amp, batched_learner=args.batched_learner, device=str(device))
+                                              amp=args.amp, batched_learner=args.batched_learner,
+                                              step_kernel=args.step_kernel, device=str(device))
                 row = measure_throughput(SHAPES[shape_name], layout, settings, rate)
                 share = meta_batch // layout.processes
                 for side in ("ours",) + (("reference",) if args.reference else ()):

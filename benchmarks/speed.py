@@ -121,6 +121,7 @@ class BenchmarkSettings:
     naive_episodes: int = 2  # timed episodes of the naive implementation (after one warm-up episode); 0: skip
     compile: bool = False
     amp: bool = False
+    step_kernel: str = "auto"  # the meta-learner step (MetaLSTM.step_kernel): auto (fused where built), fused, torch
     matmul_flops_per_s: float | None = None  # measured once by the caller; measured here when None
     seed: int = 0
 
@@ -135,7 +136,8 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
     learner = ConvLearner(LearnerConfig(shape.in_channels, shape.image_size, shape.n_way, shape.hidden_channels))
-    meta_learner = MetaLearner(learner.init_params(torch.Generator().manual_seed(settings.seed))).to(device)
+    meta_learner = MetaLearner(learner.init_params(torch.Generator().manual_seed(settings.seed)),
+                               step_kernel=settings.step_kernel).to(device)
     if settings.compile:
         meta_learner.compile_step()
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=1e-3)
@@ -166,6 +168,7 @@ def benchmark_configuration(shape: BenchmarkShape, settings: BenchmarkSettings) 
         "threads": torch.get_num_threads(),
         "compile": settings.compile,
         "amp": settings.amp,
+        "step_kernel": settings.step_kernel,
         "train_episodes_per_s": batch / train_s,
         "eval_episodes_per_s": batch / eval_s,
         "train_s_per_episode": train_s / batch,
@@ -272,7 +275,8 @@ def meta_learner_cpu_us(events) -> float:
     return sum(e.cpu_time_total for e in labelled) + backward_us
 
 
-def profile_meta_update(shape: BenchmarkShape, meta_batch: int, device: str = "cpu", row_limit: int = 15) -> tuple[dict, str]:
+def profile_meta_update(shape: BenchmarkShape, meta_batch: int, device: str = "cpu", row_limit: int = 15,
+                        step_kernel: str = "auto") -> tuple[dict, str]:
     """``torch.profiler`` of one meta-update (after one warm-up update): a summary and the top-ops table.
 
     The summary splits the CPU time into the meta-learner (its forward calls,
@@ -285,7 +289,7 @@ def profile_meta_update(shape: BenchmarkShape, meta_batch: int, device: str = "c
     tune_cpu_allocator()
     device = torch.device(device)
     learner = ConvLearner(LearnerConfig(shape.in_channels, shape.image_size, shape.n_way, shape.hidden_channels))
-    meta_learner = MetaLearner(learner.init_params()).to(device)
+    meta_learner = MetaLearner(learner.init_params(), step_kernel=step_kernel).to(device)
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=1e-3)
     sampler = EpisodeSampler(synthetic_split(shape, device), shape.n_way, shape.k_shot, shape.n_query)
     step = meta_learner.forward

@@ -77,6 +77,7 @@ class ThroughputSettings:
     reference: str | None = None  # folder of the reference's code, or None
     amp: bool = False
     batched_learner: str = "auto"
+    step_kernel: str = "auto"  # our meta-learner step (MetaLSTM.step_kernel): auto (fused where built), fused, torch
     device: str = "cpu"
     seed: int = 0
 
@@ -96,7 +97,8 @@ def _build_ours(shape: BenchmarkShape, settings: ThroughputSettings, device: tor
     learner = ConvLearner(LearnerConfig(shape.in_channels, shape.image_size, shape.n_way, shape.hidden_channels))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)  # the same meta-learner on every rank
-        meta_learner = MetaLearner(learner.init_params(torch.Generator().manual_seed(settings.seed))).to(device)
+        meta_learner = MetaLearner(learner.init_params(torch.Generator().manual_seed(settings.seed)),
+                                   step_kernel=settings.step_kernel).to(device)
     optimizer = torch.optim.Adam(meta_learner.parameters(), lr=1e-3)
     sampler = EpisodeSampler(synthetic_split(shape, device, seed=settings.seed), shape.n_way, shape.k_shot,
                              shape.n_query, seed=distributed.rank_seed(settings.seed, rank))
@@ -185,7 +187,7 @@ def measure_throughput(shape: BenchmarkShape, layout: Layout, settings: Throughp
     row: dict = {
         "config": shape.name, "layout": str(layout), "processes": layout.processes, "threads": layout.threads,
         "meta_batch": settings.meta_batch, "episodes_per_process_per_update": share, "amp": settings.amp,
-        "batched_learner": settings.batched_learner, "device": settings.device,
+        "batched_learner": settings.batched_learner, "step_kernel": settings.step_kernel, "device": settings.device,
         "timed_calls_per_process": settings.pairs,
     }
     for phase in ("train", "eval"):
@@ -246,6 +248,7 @@ TABLE_COLUMNS = (
     ("layout", "processes x threads", "{}"),
     ("meta_batch", "meta-batch", "{}"),
     ("amp", "amp", "{}"),
+    ("step_kernel", "step kernel", "{}"),
     ("train_episodes_per_s", "train episodes/s", "{:.2f}"),
     ("reference_train_episodes_per_s", "reference train episodes/s", "{:.2f}"),
     ("train_ratio_median", "train ratio (median)", "{:.2f}x"),

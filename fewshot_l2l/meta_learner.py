@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from . import kernels
 from .preprocess import preprocess
 
 
@@ -111,10 +112,18 @@ def recomputed_meta_lstm_step(
     return checkpoint(meta_lstm_step, weights, theta, grad, loss, state, p, use_reentrant=False, preserve_rng_state=False)
 
 
-def _torch_func_active() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, ...) is running: they do not support the
-    saved-tensor hooks that checkpointing is built on."""
-    return torch._C._functorch.peek_interpreter_stack() is not None
+def fused_meta_lstm_step(
+    weights: MetaLSTMWeights, theta: Tensor, grad: Tensor, loss: Tensor, state: MetaLSTMState, p: float
+) -> tuple[Tensor, MetaLSTMState]:
+    """:func:`meta_lstm_step` as one fused operator (``torch.ops.fewshot_l2l.meta_lstm_step``,
+    :mod:`fewshot_l2l.kernels`): the same arguments and results, to float rounding. First order: no gradient
+    with respect to ``grad`` and ``loss``. Its backward keeps the step's inputs and recomputes the gates, as
+    :func:`recomputed_meta_lstm_step` does, in one pass."""
+    h, c = (s.permute(2, 0, 1).contiguous() for s in (state.h, state.c))  # [hidden, B, P]: no copy of our own state
+    theta_next, h_next, c_next, f_next, i_next = kernels.meta_lstm_step_op(
+        theta.contiguous(), grad.contiguous(), loss.contiguous(), h, c, state.f.contiguous(), state.i.contiguous(),
+        *(weight.contiguous() for weight in weights), float(p))
+    return theta_next, MetaLSTMState(h_next.permute(1, 2, 0), c_next.permute(1, 2, 0), f_next, i_next)
 
 
 class CoordinateLSTMCell(nn.Module):
@@ -165,8 +174,16 @@ class MetaLSTM(nn.Module):
         hidden_size: hidden units of layer 1 (20 in the paper).
         p: preprocessing constant of Andrychowicz et al. (10).
         forget_bias_init: the range of ``b_F``'s uniform initialization (:class:`MetaLSTMCell`).
+        step_kernel: how the step runs (:attr:`step_kernel`): ``"auto"`` (default) the fused operator of
+            :mod:`fewshot_l2l.kernels` where it is built and applicable, else the plain torch step; ``"fused"``
+            always the fused one (an error where it cannot run); ``"torch"`` always the plain one.
 
-    How the step is differentiated (:meth:`forward`): when ``grad`` or ``loss``
+    The fused step (:func:`fused_meta_lstm_step`) runs for the first-order and evaluation steps on CPU (float32,
+    float64) and CUDA (float32). ``"auto"`` runs the plain step instead for second order (``grad`` or ``loss``
+    require grad), under ``torch.func`` transforms, for other dtypes and devices, and where the C++ kernels could
+    not be built (said once, in one line).
+
+    How the plain step is differentiated (:meth:`forward`): when ``grad`` or ``loss``
     require grad (second order), by plain autograd through :func:`meta_lstm_step`.
     When they are constants (first order, the default), the step runs under
     ``torch.utils.checkpoint``: only its inputs (the previous state, which the
@@ -177,9 +194,10 @@ class MetaLSTM(nn.Module):
     """
 
     def __init__(self, hidden_size: int = 20, p: float = 10.0,
-                 forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT) -> None:
+                 forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT, step_kernel: str = "auto") -> None:
         super().__init__()
         owner = type(self).__name__
+        self.step_kernel = step_kernel
         if not isinstance(hidden_size, numbers.Integral) or isinstance(hidden_size, bool) or hidden_size < 1:
             raise ValueError(f"{owner}: hidden_size must be an integer >= 1, got {hidden_size!r}")
         if 4 * hidden_size * (hidden_size + 4) > 2**63 - 1:  # the layer-1 weight would not even have a size
@@ -193,6 +211,22 @@ class MetaLSTM(nn.Module):
         self.cpu_chunk_rows = 1 << 15
         # The evaluation and first-order steps; compile_step replaces them by compiled ones.
         self._step, self._recomputed_step = meta_lstm_step, recomputed_meta_lstm_step
+        self._fused_step = fused_meta_lstm_step
+
+    @property
+    def step_kernel(self) -> str:
+        """``"auto"``, ``"fused"`` or ``"torch"`` (class docstring); may be changed at any time (speed only: every
+        kernel computes the same step)."""
+        return self._step_kernel
+
+    @step_kernel.setter
+    def step_kernel(self, step_kernel: str) -> None:
+        self._step_kernel = kernels.check_step_kernel(type(self).__name__, step_kernel)
+
+    def uses_fused_step(self, theta: Tensor, grad: Tensor, loss: Tensor, state: MetaLSTMState) -> bool:
+        """Whether :meth:`forward` runs the fused step on these inputs (:func:`fewshot_l2l.kernels.runs_fused`); with
+        ``step_kernel="fused"``, a ``ValueError`` saying why where it cannot."""
+        return kernels.runs_fused(type(self).__name__, self.step_kernel, theta, grad, loss, (*state, *self.weights()))
 
     def weights(self) -> MetaLSTMWeights:
         """The parameters, by name, as :func:`meta_lstm_step` takes them."""
@@ -211,11 +245,13 @@ class MetaLSTM(nn.Module):
         """Run the first-order and evaluation step through ``torch.compile`` (inductor) from now on.
 
         Inductor fuses the LSTM's elementwise gate arithmetic, a dozen passes
-        over ``[B, P, hidden]`` tensors per step in eager mode, into a few loops.
+        over ``[B, P, hidden]`` tensors per step in eager mode, into a few loops
+        (the fused step is one operator to it, compiled around).
         Compilation costs tens of seconds on a CPU the first time each shape is
         seen; off unless asked for (``--compile``). The second-order step stays eager.
         """
         self._step = torch.compile(meta_lstm_step, dynamic=False, **compile_kwargs)
+        self._fused_step = torch.compile(fused_meta_lstm_step, dynamic=False, **compile_kwargs)  # one operator
         # Compiled around the checkpoint (not a checkpoint around the compiled step): the partitioner then
         # recomputes the forward inside one compiled backward (measured faster, docs/results/meta_step.md).
         self._recomputed_step = torch.compile(recomputed_meta_lstm_step, dynamic=False, **compile_kwargs)
@@ -237,7 +273,9 @@ class MetaLSTM(nn.Module):
         if loss.shape != theta.shape[:1]:
             raise ValueError(f"{type(self).__name__}: loss must be [B]={tuple(theta.shape[:1])}, got {tuple(loss.shape)}")
         weights, state = self.weights(), MetaLSTMState(*state)
-        if _torch_func_active() or (torch.is_grad_enabled() and (grad.requires_grad or loss.requires_grad)):
+        if self.uses_fused_step(theta, grad, loss, state):
+            return self._fused_step(weights, theta, grad, loss, state, self.p)
+        if kernels.torch_func_active() or (torch.is_grad_enabled() and (grad.requires_grad or loss.requires_grad)):
             return meta_lstm_step(weights, theta, grad, loss, state, self.p)
         step = self._recomputed_step if torch.is_grad_enabled() else self._step
         batch, n_params = theta.shape
@@ -278,10 +316,11 @@ class MetaLearner(MetaLSTM):
         hidden_size: hidden units of layer 1 (20 in the paper).
         p: preprocessing constant of Andrychowicz et al. (10).
         forget_bias_init: the range of ``b_F``'s uniform initialization (:class:`MetaLSTMCell`).
+        step_kernel: ``"auto"``, ``"fused"`` or ``"torch"``: how the step runs (:class:`MetaLSTM`).
     """
 
     def __init__(self, init_params: Tensor, hidden_size: int = 20, p: float = 10.0,
-                 forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT) -> None:
+                 forget_bias_init: tuple[float, float] = FORGET_BIAS_INIT, step_kernel: str = "auto") -> None:
         if not isinstance(init_params, Tensor) or not init_params.is_floating_point():
             raise TypeError(f"MetaLearner: init_params must be a floating-point tensor [P], got {type(init_params).__name__}"
                             f"{'' if not isinstance(init_params, Tensor) else ' of dtype ' + str(init_params.dtype)}")
@@ -289,7 +328,7 @@ class MetaLearner(MetaLSTM):
             raise ValueError(f"MetaLearner: init_params must be a non-empty flat vector [P], got shape {tuple(init_params.shape)}")
         if init_params.device.type != "meta" and not bool(torch.isfinite(init_params).all()):
             raise ValueError("MetaLearner: init_params holds NaN or infinite values")
-        super().__init__(hidden_size, p, forget_bias_init)
+        super().__init__(hidden_size, p, forget_bias_init, step_kernel)
         self.theta_init = nn.Parameter(init_params.detach().clone())
 
     @property

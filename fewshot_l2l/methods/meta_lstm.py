@@ -19,7 +19,8 @@ from ..config import FewShotConfig, TrainingSettings
 from ..data.episodes import Episode
 from ..learner import ConvLearner
 from ..meta_learner import AUTHORS_FORGET_BIAS_INIT, FORGET_BIAS_INIT, MetaLearner
-from ..settings import Flag, FloatRange, Int, Settings, default_of, setting
+from ..kernels import STEP_KERNELS
+from ..settings import Choice, Flag, FloatRange, Int, Settings, default_of, setting
 from .base import FewShotMethod
 
 
@@ -34,6 +35,9 @@ class MetaLSTMSettings(Settings):
                                                     "U(4, 6); the authors': U(4, 5))")
     compile: bool = setting(False, Flag(), "torch.compile the meta-learner step (README 'Speed': measured, off by "
                                            "default)", resumable=True)
+    step_kernel: str = setting("auto", Choice(STEP_KERNELS),
+                               "the meta-learner step: the fused C++ / Triton kernel (auto: where built and applicable; "
+                               "second order and torch.func run plain) or plain torch", resumable=True)
 
 
 @dataclass
@@ -86,7 +90,8 @@ class MetaLSTMMethod(FewShotMethod):
     def __init__(self, config: MetaLSTMConfig, learner: ConvLearner, theta: Tensor) -> None:
         super().__init__(config, learner, theta)
         # The meta-learner draws its weights from torch's global generator (seeded by the caller, build_method).
-        self.meta_learner = MetaLearner(theta, config.hidden_size, forget_bias_init=config.forget_bias_init)
+        self.meta_learner = MetaLearner(theta, config.hidden_size, forget_bias_init=config.forget_bias_init,
+                                        step_kernel=config.step_kernel)
         self.inner = config.section(InnerLoop)
 
     @property

@@ -19,6 +19,13 @@ lives in ``self.state[param]`` (one tensor per state field, first dimension =
 exactly, and it follows parameters that skip a step. Parameters whose ``grad``
 is ``None`` (frozen ones included) are left untouched, state and all.
 
+The state is not copied from step to step: each parameter's entries are views
+of the rule's output for all of them (coordinates last in memory, the layout the
+fused kernels of :mod:`fewshot_l2l.kernels` read), and the next step hands that
+output back to the rule when every entry is still such a view; otherwise (a new
+set of parameters, a loaded state dict) the entries are concatenated once. A
+parameter that skips a step gets its own copy of its rows.
+
 Each parameter group's ``lr`` scales the rule's proposed change: the step is
 ``theta + lr * (rule(theta) - theta)``, so ``lr=1.0`` (the default) applies the
 rule as learned and ``lr=0`` holds the group's parameters still (their rule
@@ -55,13 +62,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
         rule: the learned update rule (its weights are not trained by this optimizer).
         lr: multiplies the rule's proposed change ``theta_next - theta`` (per group, the field
             learning-rate schedulers act on; 1.0 applies the rule as learned).
+        step_kernel: ``"auto"``, ``"fused"`` or ``"torch"``: how the rule's step runs (it sets
+            ``rule.step_kernel``, :attr:`~fewshot_l2l.optim.rules.UpdateRule.step_kernel`); ``None`` (default)
+            keeps the rule's own setting, ``"auto"`` unless changed: the fused kernel of
+            :mod:`fewshot_l2l.kernels` for the Meta-LSTM and the plain LSTM rule, the plain step for the others.
 
     ``update_scale``, this field's former name, is refused with a message saying
     so (as an argument and as a group key); optimizer state dicts saved under that
     name still load.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, lr: float = 1.0, **removed) -> None:
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], rule: UpdateRule, lr: float = 1.0,
+                 step_kernel: str | None = None, **removed) -> None:
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"LearnedOptimizer: rule must be an UpdateRule (fewshot_l2l.optim.rules), got {type(rule).__name__}")
         if "update_scale" in removed:
@@ -71,6 +83,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         _check_lr(lr)
         super().__init__(params, {"lr": lr})
         self.rule = rule
+        if step_kernel is not None:
+            rule.step_kernel = step_kernel
 
     def add_param_group(self, param_group: dict) -> None:
         """``torch.optim.Optimizer.add_param_group``, refusing the removed ``update_scale`` key and a negative ``lr``."""
@@ -135,8 +149,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
         theta = torch.cat([param.detach().reshape(-1) for param in params])[None]
         grad = torch.cat([param.grad.reshape(-1) for param in params])[None]
-        state = tuple(anchor["shared:" + name][None] if name in shared else
-                      torch.cat([self.state[param][name] for param in params])[None] for name in fields)
+        state = tuple(anchor["shared:" + name][None] if name in shared else self._gathered(params, name)[None]
+                      for name in fields)
         loss_tensor = None if loss is None else torch.as_tensor(loss, dtype=theta.dtype, device=theta.device).detach().reshape(1)
         sizes = [param.numel() for param in params]
         theta_next, state_next = self.rule(theta, grad, loss_tensor, state, layout=ParamLayout(tuple(sizes), tuple(kinds)))
@@ -148,15 +162,34 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # in place, so parameters keep their storage (views, weight tying, other optimizers' references).
         for param, value in zip(params, theta_next[0].split(sizes)):
             param.copy_(value.view_as(param))
+        # Per state field, the last step's output of the rule [P, ...], its per-parameter views and their parameters
+        # (an attribute torch.optim's __getstate__ leaves out: a copy starts without it).
+        previous, self._last_step = getattr(self, "_last_step", {}), {}
         for name, value in zip(fields, state_next):
             if name in shared:
                 anchor["shared:" + name] = value[0].clone()
                 continue
-            for param, piece in zip(params, value[0].split(sizes)):
-                self.state[param][name] = piece.clone()  # own storage: a parameter that skips steps keeps only its rows
+            pieces = value[0].split(sizes)
+            for param, piece in zip(params, pieces):
+                self.state[param][name] = piece  # a view of the rule's output: no copy (module docstring)
+            self._last_step[name] = (value[0], pieces, params)
+        stepped = set(map(id, params))
+        for name, (_, views, last_params) in previous.items():  # skipped this step: own rows, so the old output can go
+            for param, view in zip(last_params, views):
+                if id(param) not in stepped and self.state[param].get(name) is view:
+                    self.state[param][name] = view.clone()
         for param in params:
             self.state[param]["step"] += 1
         return loss
+
+    def _gathered(self, params: list[Tensor], name: str) -> Tensor:
+        """State field ``name`` of ``params`` as one ``[P, ...]`` tensor: the last step's output itself when every
+        entry is still the view of it that step stored, else the entries concatenated, coordinates last in memory."""
+        last = getattr(self, "_last_step", {}).get(name)
+        if last is not None and len(last[1]) == len(params) and all(
+                self.state[param][name] is view for param, view in zip(params, last[1])):
+            return last[0]  # the same parameters in the same order: the views' layout is the concatenation
+        return torch.cat([self.state[param][name].movedim(0, -1) for param in params], dim=-1).movedim(-1, 0)
 
     def state_dict(self) -> dict:
         """The ``torch.optim`` state (per-coordinate recurrent state, groups) plus the rule's weights."""

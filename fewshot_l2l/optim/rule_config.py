@@ -12,6 +12,7 @@ import torch
 from . import PROBLEMS, RULES, build_rule
 from .rules import GAC_SCOPES, UpdateRule
 from ..config import RunSettings
+from ..kernels import STEP_KERNELS
 from ..settings import Choice, Flag, Float, Floats, Int, Mapping, Settings, Text, default_of, setting
 
 # The paper batches 128 quadratics; an MLP problem has 15,910 coordinates, and one problem per
@@ -37,6 +38,9 @@ class RuleSettings(Settings):
     read_heads: int = setting(1, Int(1), "ntm-bfgs read heads per coordinate")
     per_layer_type: bool = setting(False, Flag(), "one rule for convolutional and one for fully connected layers "
                                                   "(same kind and size)")
+    step_kernel: str = setting("auto", Choice(STEP_KERNELS), "the rule's step: the fused kernel (auto: where built and "
+                                                            "applicable; GAC and NTM-BFGS run plain) or plain torch",
+                               resumable=True)
 
 
 @dataclass
@@ -138,7 +142,9 @@ def build_rule_for(config: OptimizerTrainConfig) -> UpdateRule:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_rule(rule_config_for(config))
+        rule = build_rule(rule_config_for(config))
+    rule.step_kernel = config.step_kernel
+    return rule
 
 
 def iteration_seed(config: OptimizerTrainConfig, iteration: int) -> int:

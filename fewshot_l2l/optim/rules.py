@@ -25,6 +25,12 @@ Rules that look beyond one coordinate (``coordinatewise = False``) receive the
 problem's :class:`~fewshot_l2l.optim.layout.ParamLayout` (which coordinates form
 which tensor) as ``layout``; a state field named in ``shared_fields`` is one
 tensor per problem (leading shape ``[B]``, not ``[B, P]``), e.g. a memory.
+
+Fused kernels (:mod:`fewshot_l2l.kernels`): every rule has a ``step_kernel`` setting (``auto``, ``fused``,
+``torch``). The Meta-LSTM rule and the plain coordinatewise LSTM rule (1, and 2 without GAC) have one fused
+operator per step, which ``auto`` runs where it is built and applicable (first order, no ``torch.func``,
+supported dtype and device); GAC and NTM-BFGS couple the coordinates through means and a shared memory and
+stay on the plain step.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .. import kernels
 from ..meta_learner import CoordinateLSTMCell, MetaLSTM, MetaLSTMState, meta_lstm_from_state_dict
 from ..preprocess import preprocess
 from .layout import ParamLayout, segment_mean
@@ -65,6 +72,29 @@ class UpdateRule(nn.Module):
     coordinatewise: bool = True
     shared_fields: tuple[str, ...] = ()
     kind: str = ""
+    _step_kernel: str = "auto"
+
+    @property
+    def step_kernel(self) -> str:
+        """How the step runs: ``"auto"`` (the fused operator of :mod:`fewshot_l2l.kernels` where the rule has one
+        and it is applicable), ``"fused"`` or ``"torch"``. Setting it on a rule made of rules (e.g. one per layer
+        type) sets it on each of them."""
+        return self._step_kernel
+
+    @step_kernel.setter
+    def step_kernel(self, step_kernel: str) -> None:
+        kernels.check_step_kernel(type(self).__name__, step_kernel)
+        nested = [module for module in self.modules() if module is not self and isinstance(module, UpdateRule)]
+        for rule in nested:
+            rule.step_kernel = step_kernel
+        reason = self.plain_only()
+        if step_kernel == "fused" and not nested and reason is not None:
+            raise ValueError(f"{type(self).__name__}: step_kernel='fused' is impossible: {reason}; use 'auto' or 'torch'")
+        self._step_kernel = step_kernel
+
+    def plain_only(self) -> str | None:
+        """Why this rule has no fused step (``None``: it has one)."""
+        return "no fused kernel implements this rule"
 
     def initial_state(self, theta: Tensor) -> tuple[Tensor, ...]:
         """Fresh recurrent state for parameters ``theta`` ``[B, P]``: a NamedTuple of tensors with leading shape ``[B, P]``."""
@@ -88,14 +118,30 @@ class MetaLSTMRule(UpdateRule):
         meta_lstm: the step module, e.g. the rule of a few-shot checkpoint
             (:meth:`from_checkpoint`); a fresh one of ``hidden_size`` units if ``None``.
         hidden_size: layer-1 units of a fresh step module.
+        step_kernel: ``"auto"``, ``"fused"`` or ``"torch"`` (:class:`~fewshot_l2l.meta_learner.MetaLSTM`); ``None``
+            keeps the step module's own setting.
     """
 
     needs_loss = True
     kind = "meta-lstm"
 
-    def __init__(self, meta_lstm: MetaLSTM | None = None, hidden_size: int = 20) -> None:
+    def __init__(self, meta_lstm: MetaLSTM | None = None, hidden_size: int = 20, step_kernel: str | None = None) -> None:
         super().__init__()
         self.meta_lstm = MetaLSTM(hidden_size) if meta_lstm is None else meta_lstm
+        if step_kernel is not None:
+            self.step_kernel = step_kernel
+
+    @property
+    def step_kernel(self) -> str:  # type: ignore[override]
+        """The step module's setting (:attr:`fewshot_l2l.meta_learner.MetaLSTM.step_kernel`)."""
+        return self.meta_lstm.step_kernel
+
+    @step_kernel.setter
+    def step_kernel(self, step_kernel: str) -> None:
+        self.meta_lstm.step_kernel = step_kernel
+
+    def plain_only(self) -> str | None:
+        return None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "MetaLSTMRule":
@@ -168,10 +214,12 @@ class AndrychowiczRule(UpdateRule):
         output_scale: fixed factor on the linear output (0.1 in the paper).
         gac_cells: averaged cells per layer (0: the plain coordinatewise rule), at most ``hidden_size``.
         gac_scope: ``"tensor"`` or ``"model"``, what the averages run over.
+        step_kernel: ``"auto"``, ``"fused"`` or ``"torch"`` (:attr:`UpdateRule.step_kernel`): the plain rule
+            (no GAC) has a fused step, :func:`fused_andrychowicz_step`.
     """
 
     def __init__(self, hidden_size: int = 20, p: float = 10.0, output_scale: float = 0.1, gac_cells: int = 0,
-                 gac_scope: str = "tensor", input_size: int = 2) -> None:
+                 gac_scope: str = "tensor", input_size: int = 2, step_kernel: str = "auto") -> None:
         super().__init__()
         if hidden_size < 1:
             raise ValueError(f"{type(self).__name__}: hidden_size must be >= 1, got {hidden_size}")
@@ -194,10 +242,19 @@ class AndrychowiczRule(UpdateRule):
             for layer in (self.layer1, self.layer2):
                 for weight in (layer.weight_ih, layer.weight_hh, layer.bias):
                     weight.uniform_(-bound, bound)
+        self.step_kernel = step_kernel
 
     @property
     def kind(self) -> str:  # type: ignore[override]
         return "andrychowicz-gac" if self.gac_cells else "andrychowicz"
+
+    def plain_only(self) -> str | None:
+        if self.layer1.input_size != 2 or type(self).forward is not AndrychowiczRule.forward:
+            return (f"{type(self).__name__}'s controller reads more than the preprocessed gradient (NTM-BFGS: the reads "
+                    "of a memory shared by all coordinates)")
+        if self.gac_cells:
+            return "global averaging cells (GAC) make each step depend on means over many coordinates"
+        return None
 
     def initial_state(self, theta: Tensor) -> AndrychowiczState:
         zeros = theta.new_zeros(*theta.shape, self.hidden_size)
@@ -225,6 +282,9 @@ class AndrychowiczRule(UpdateRule):
         _check_step_inputs(type(self).__name__, theta, grad, loss)
         if layout is not None:
             layout.check(type(self).__name__, theta.shape[1])
+        if self.plain_only() is None and kernels.runs_fused(type(self).__name__, self.step_kernel, theta, grad, None,
+                                                            (*state, *self.parameters())):
+            return fused_andrychowicz_step(self, theta, grad, AndrychowiczState(*state))
         new_state = self.controller(preprocess(grad, self.p), state, layout)
         update = self.output(new_state.h2).view(theta.shape) * self.output_scale
         return theta + update, new_state
@@ -234,3 +294,17 @@ class AndrychowiczRule(UpdateRule):
         if self.gac_cells:  # the plain rule's config as before GAC existed
             config.update(gac_cells=self.gac_cells, gac_scope=self.gac_scope)
         return config
+
+
+def fused_andrychowicz_step(rule: AndrychowiczRule, theta: Tensor, grad: Tensor,
+                            state: AndrychowiczState) -> tuple[Tensor, AndrychowiczState]:
+    """:meth:`AndrychowiczRule.forward` (no GAC) as one fused operator (``torch.ops.fewshot_l2l.andrychowicz_step``,
+    :mod:`fewshot_l2l.kernels`): the same results to float rounding, first order (no gradient with respect to
+    ``grad``). The states travel in their ``[hidden, B, P]`` storage order, as the plain step leaves them."""
+    columns = (s.permute(2, 0, 1).contiguous() for s in state)
+    weights = (rule.layer1.weight_ih, rule.layer1.weight_hh, rule.layer1.bias, rule.layer2.weight_ih,
+               rule.layer2.weight_hh, rule.layer2.bias, rule.output.weight, rule.output.bias)
+    theta_next, *new_state = kernels.andrychowicz_step_op(theta.contiguous(), grad.contiguous(), *columns,
+                                                          *(w.contiguous() for w in weights), float(rule.p),
+                                                          float(rule.output_scale))
+    return theta_next, AndrychowiczState(*(s.permute(1, 2, 0) for s in new_state))

@@ -1,4 +1,5 @@
-"""The ways MetaLSTM.forward runs the one step function: checkpointed (first order), no_grad, chunked, torch.func."""
+"""The ways MetaLSTM.forward runs the plain step function: checkpointed (first order), no_grad, chunked, torch.func.
+(step_kernel="torch": the fused step, which "auto" picks on CPU, is tested in test_fused_step.py.)"""
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ def unroll(meta, step, grads, losses, batch):
 
 def perturbed_meta_learner(n_params, hidden_size, seed):
     torch.manual_seed(seed)
-    meta = MetaLearner(torch.randn(n_params), hidden_size=hidden_size).double()
+    meta = MetaLearner(torch.randn(n_params), hidden_size=hidden_size, step_kernel="torch").double()
     with torch.no_grad():  # weights away from their tiny initial range, so that every term matters
         for param in meta.parameters():
             param.add_(0.3 * torch.randn_like(param))
@@ -71,7 +72,7 @@ def test_evaluation_path_matches_training_path():
 def test_cpu_chunks_of_episodes_give_the_same_step_and_gradients():
     torch.manual_seed(2)
     batch, n_params = 5, 13
-    meta = MetaLearner(torch.randn(n_params), hidden_size=3).double()
+    meta = MetaLearner(torch.randn(n_params), hidden_size=3, step_kernel="torch").double()
     grads = [torch.randn(batch, n_params, dtype=torch.float64) for _ in range(3)]
     losses = [torch.rand(batch, dtype=torch.float64) for _ in range(3)]
     results = []
