@@ -3,7 +3,10 @@
 
 * ``maml`` / ``fomaml`` - Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
   Networks", ICML 2017, Omniglot 5-way: one inner SGD step of lr 0.4 in meta-training, three at test, meta-batch
-  32 tasks, Adam 1e-3. ``fomaml`` drops the second-order terms (the paper's first-order approximation).
+  32 tasks, Adam 1e-3. ``fomaml`` drops the second-order terms (the paper's first-order approximation). The inner
+  step's loss is that of the authors' code (cbfinn/maml, ``utils.py: xent`` and ``maml.py: task_metalearn``): the
+  cross-entropy of each support image divided by K, summed over the N*K images, so N times the mean loss the
+  paper's text writes (``inner_loss="mean"``); with lr 0.4 at 5-way that is a step of 2.0 on the mean loss.
 * ``metasgd`` - Li, Zhou, Chen & Li, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning", 2017: one
   adaptation step, in meta-training and at test, with a meta-learned learning rate per parameter initialized in
   U(0.005, 0.1); Adam 1e-3; meta-batch as MAML's (32).
@@ -25,11 +28,15 @@ from ..config import FewShotConfig, TrainingSettings
 from ..data.episodes import Episode
 from ..extras import require
 from ..learner import ConvLearner
-from ..settings import Float, Int, Settings, default_of, setting
+from ..settings import Choice, Float, Int, Settings, default_of, setting
 from .base import FewShotMethod
 from .network import ConvNet
 
 METASGD_LR_INIT = (0.005, 0.1)  # Li et al. 2017: each per-parameter learning rate starts in U(0.005, 0.1)
+# The support loss of an inner step: "sum-div-k", each support image's cross-entropy divided by K (shots), summed over
+# the N*K images (Finn et al.'s code, cbfinn/maml utils.py xent: tf.gradients of that vector takes its sum); "mean",
+# averaged over the images (the papers' text). The first is N times the second.
+INNER_LOSSES = ("sum-div-k", "mean")
 
 
 @dataclass
@@ -42,13 +49,28 @@ class GradientSteps(Settings):
 
 
 @dataclass
+class InnerLoss(Settings):
+    TITLE: ClassVar[str] = "inner loop"
+    inner_loss: str = setting(
+        "sum-div-k", Choice(INNER_LOSSES), "support loss of the inner steps: sum-div-k, the cross-entropy summed over "
+        "the N*K support images divided by K, N times the mean's gradient (Finn et al.'s code); mean: its mean (the "
+        "papers' text)")
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        values = dict(values)
+        values.setdefault("inner_loss", "mean")  # checkpoints from before the field took the mean loss
+        return super().from_dict(values)
+
+
+@dataclass
 class InnerLearningRate(Settings):
     TITLE: ClassVar[str] = "inner loop"
     inner_lr: float = setting(0.4, Float(), "learning rate of the inner SGD steps")
 
 
 @dataclass
-class MAMLConfig(InnerLearningRate, GradientSteps, FewShotConfig):
+class MAMLConfig(InnerLearningRate, InnerLoss, GradientSteps, FewShotConfig):
     """All settings of a MAML or first-order MAML run (Finn et al.'s Omniglot settings by default)."""
 
     METHODS: ClassVar[tuple[str, ...]] = ("maml", "fomaml")
@@ -57,10 +79,12 @@ class MAMLConfig(InnerLearningRate, GradientSteps, FewShotConfig):
 
 
 @dataclass
-class MetaSGDConfig(GradientSteps, FewShotConfig):
-    """All settings of a Meta-SGD run (Li et al.'s: the inner learning rates are learned, one step at test too)."""
+class MetaSGDConfig(InnerLoss, GradientSteps, FewShotConfig):
+    """All settings of a Meta-SGD run (Li et al.'s: the inner learning rates are learned, one step at test too; the
+    mean support loss of their equations, no code of theirs being public)."""
 
     METHODS: ClassVar[tuple[str, ...]] = ("metasgd",)
+    inner_loss: str = default_of(InnerLoss, "inner_loss", "mean")
     method: str = default_of(FewShotConfig, "method", "metasgd")
     meta_batch: int = default_of(TrainingSettings, "meta_batch", 32)
     test_inner_steps: int = default_of(GradientSteps, "test_inner_steps", 1)
@@ -89,12 +113,19 @@ class MAML(FewShotMethod):
     def model(self) -> nn.Module:
         return self.wrapper
 
+    def support_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss an inner step descends on a support set's ``logits`` ``[N*K, N]`` (``inner_loss``)."""
+        if self.config.inner_loss == "mean":
+            return F.cross_entropy(logits, labels)
+        shots = labels.numel() / logits.shape[1]  # K of this episode (evaluation may change the configuration's)
+        return F.cross_entropy(logits, labels, reduction="sum") / shots
+
     def adapted(self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool | None = None):
         """A clone of the wrapper adapted by ``steps`` gradient steps on one support set (``first_order``:
         learn2learn's override, ``None`` for the method's own)."""
         learner = self.wrapper.clone()
         for _ in range(steps):
-            learner.adapt(F.cross_entropy(learner(support_x), support_y), first_order=first_order)
+            learner.adapt(self.support_loss(learner(support_x), support_y), first_order=first_order)
         return learner
 
     def training_loss(self, batch: Episode, generator: torch.Generator) -> tuple[Tensor, Tensor]:

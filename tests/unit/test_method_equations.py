@@ -69,21 +69,24 @@ def test_linear_heads_fit_a_separable_toy_and_each_episode_follows_its_own_gradi
         assert torch.allclose(weight[b], head.weight, atol=1e-5) and torch.allclose(bias[b], head.bias, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["maml", "fomaml", "metasgd"])
-def test_learn2learn_methods_equal_a_hand_written_one_step_version(method, tiny_splits):
+@pytest.mark.parametrize("method, inner_loss", [("maml", "sum-div-k"), ("maml", "mean"), ("fomaml", "sum-div-k"),
+                                                ("fomaml", "mean"), ("metasgd", "mean"), ("metasgd", "sum-div-k")])
+def test_learn2learn_methods_equal_a_hand_written_one_step_version(method, inner_loss, tiny_splits):
     pytest.importorskip("learn2learn")
     from fewshot_l2l.methods import method_class
 
     learner, theta = tiny_learner()
-    config = method_config(method, n_way=3, n_query=3, hidden_channels=2)
+    config = method_config(method, n_way=3, k_shot=2, n_query=3, hidden_channels=2, inner_loss=inner_loss)
     algorithm = method_class(method)(config, learner, theta)
     episode = tiny_episode()
     loss, _ = algorithm.training_loss(episode, torch.Generator())
     loss.backward()
     got = torch.cat([p.grad.reshape(-1) for p in algorithm.net.parameters()])
-    # By hand, on the flat vector: one SGD step on the support set, the query loss at the adapted parameters.
+    # By hand, on the flat vector: one SGD step on the support set, the query loss at the adapted parameters; Finn et
+    # al.'s support loss is each image's cross-entropy divided by K = 2 shots, summed over the 6 images.
     start = theta.clone().requires_grad_()
-    support_loss = F.cross_entropy(learner.logits(start, episode.support_x[0]), episode.support_y[0])
+    per_image = F.cross_entropy(learner.logits(start, episode.support_x[0]), episode.support_y[0], reduction="none")
+    support_loss = per_image.mean() if inner_loss == "mean" else sum(per_image[i] / 2 for i in range(6))
     (grad,) = torch.autograd.grad(support_loss, start, create_graph=method != "fomaml")
     if method == "metasgd":
         lrs = torch.cat([lr.detach().reshape(-1) for lr in algorithm.wrapper.lrs]).requires_grad_()
@@ -98,6 +101,27 @@ def test_learn2learn_methods_equal_a_hand_written_one_step_version(method, tiny_
     assert torch.allclose(got, expected, atol=1e-5)
     if method == "metasgd":  # the learning rates are meta-learned too
         assert torch.allclose(torch.cat([lr.grad.reshape(-1) for lr in algorithm.wrapper.lrs]), lr_grad, atol=1e-5)
+
+
+def test_the_authors_inner_step_is_n_times_that_of_the_mean_loss(tiny_splits):
+    """Finn et al.'s inner loss (sum over the N*K support images of each cross-entropy / K) steps N times as far as the
+    mean loss does: with N = 3, lr 0.1 on it is lr 0.3 on the mean, checked on the adapted parameters themselves."""
+    pytest.importorskip("learn2learn")
+    from fewshot_l2l.methods import method_class
+
+    learner, theta = tiny_learner()
+    episode = tiny_episode()
+    adapted = {}
+    for inner_loss, inner_lr in (("sum-div-k", 0.1), ("mean", 0.3)):
+        config = method_config("maml", n_way=3, k_shot=2, n_query=3, hidden_channels=2, inner_loss=inner_loss,
+                               inner_lr=inner_lr)
+        algorithm = method_class("maml")(config, learner, theta)
+        adapted[inner_loss] = algorithm.adapted(episode.support_x[0], episode.support_y[0], 1).module.theta()
+    start = theta.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(F.cross_entropy(learner.logits(start, episode.support_x[0]), episode.support_y[0]),
+                                  start)
+    assert torch.allclose(adapted["sum-div-k"], theta - 0.3 * grad, atol=1e-12)
+    assert torch.allclose(adapted["mean"], adapted["sum-div-k"], atol=1e-12)
 
 
 def test_the_baselines_import_without_learn2learn_and_name_it_when_needed(monkeypatch, tiny_splits):
