@@ -41,27 +41,34 @@ from .data import load_splits
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity
 from .evaluation import EvalResult, evaluate
-from .methods import FewShotMethod, build_method, new_learner
+from .methods import FewShotMethod, build_method, method_class, new_learner
 from .plots import plot_training_curves, require_matplotlib
 from .runs import distributed
 from .runs.folder import RunFolder
 from .runs.loop import Interval, NonFiniteGuard, Schedule, Stopwatch, Trainee, meta_update, train_loop
 from .runs.process import StopSignals
-from .schedules import run_progress, scheduled_lr
+from .schedules import PROGRESS_SCHEDULES, run_progress, scheduled_lr
 
 # skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
 METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s", "skipped_updates")
 
 
-def episode_sampler(split: FewShotSplit, config: FewShotConfig, seed: int) -> EpisodeSampler:
-    """The sampler of ``config``'s episodes on ``split``; a split too small for them is a ``ValueError`` naming it."""
+def episode_sampler(split: FewShotSplit, config: FewShotConfig, seed: int,
+                    episodes: tuple[int, int, int] | None = None) -> EpisodeSampler:
+    """The sampler of ``config``'s episodes on ``split`` (``episodes``: another ``(n_way, k_shot, n_query)``, e.g. the
+    method's training episodes); a split too small for them is a ``ValueError`` naming it."""
+    own = (config.n_way, config.k_shot, config.n_query)
+    n_way, k_shot, n_query = episodes or own
+    # Training episodes of their own (Prototypical Networks' --train-way / --train-query) are named as such.
+    own_options = (n_way, k_shot, n_query) == own
+    options = "--n-way, --k-shot or --n-query" if own_options else "--train-way, --k-shot or --train-query"
     try:
-        return EpisodeSampler(split, config.n_way, config.k_shot, config.n_query, seed=seed)
+        return EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
     except ValueError as error:
         raise ValueError(
             f"the {split.name} split of {config.data or config.dataset} ({split.n_classes} classes) cannot give "
-            f"{config.n_way}-way episodes of {config.k_shot} + {config.n_query} images per class ({error}): lower "
-            "--n-way, --k-shot or --n-query, or use a larger build of the dataset"
+            f"{n_way}-way episodes of {k_shot} + {n_query} images per class ({error}): lower {options}, or "
+            "use a larger build of the dataset"
         ) from error
 
 
@@ -135,7 +142,7 @@ class FewShotTrainee(Trainee):
         self.method.start_training()
         self.optimizer = torch.optim.Adam(self.method.model.parameters(), lr=config.lr)
         # Too small a split fails here, before the first update, with a message naming it (train and val alike).
-        episode_sampler(train_split, config, config.seed)
+        episode_sampler(train_split, config, config.seed, method_class(config.method).training_episodes(config))
         if train_episodes is None:  # rank 0's stream is the single process's: the union over ranks replays in one process
             self.sampler = self.method.training_sampler(train_split, distributed.rank_seed(config.seed, ctx.rank))
         else:
@@ -163,7 +170,7 @@ class FewShotTrainee(Trainee):
         # Under a process group the gradients are averaged over the ranks; one process takes meta_update's plain path.
         model = self.method.model
         self.reduce = (lambda: distributed.average_gradients(model.parameters(), ctx)) if ctx.enabled else None
-        self.timed_schedule = config.lr_schedule == "cosine" and config.max_minutes is not None
+        self.timed_schedule = config.lr_schedule in PROGRESS_SCHEDULES and config.max_minutes is not None
 
     def _open_run(self, state: dict) -> dict | None:
         """Rank 0: start the run folder, or check and return the checkpoint to resume from."""
@@ -184,7 +191,7 @@ class FewShotTrainee(Trainee):
         elapsed_s = distributed.max_over_ranks(clock.elapsed_s, ctx) if self.timed_schedule else 0.0
         progress = run_progress(state["update"], self.schedule.n_steps, elapsed_s, config.max_minutes)
         for group in self.optimizer.param_groups:
-            group["lr"] = scheduled_lr(config.lr, config.lr_schedule, progress, state["episodes"])
+            group["lr"] = scheduled_lr(config.lr, config.lr_schedule, progress, state["episodes"], config.lr_halvings)
         loss, accuracy = self.method.training_loss(batch, self.inner_generator)
         # Every rank gets the same averaged gradient, so the same skip decision.
         stepped = meta_update(self.method.model, self.optimizer, loss, config.grad_clip, reduce_gradients=self.reduce)

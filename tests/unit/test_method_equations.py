@@ -9,7 +9,7 @@ from fewshot_l2l.methods import build_method, method_config, new_learner
 from fewshot_l2l.methods.finetune import HEAD_DAMPENING, HEAD_LR, HEAD_MOMENTUM, HEAD_WEIGHT_DECAY, fit_linear_heads
 from fewshot_l2l.methods.network import ConvNet
 from fewshot_l2l.methods.protonet import prototype_logits
-from fewshot_l2l.data.episodes import Episode
+from fewshot_l2l.data.episodes import Episode, EpisodeSampler
 from fewshot_l2l.learner import ConvLearner, LearnerConfig
 
 
@@ -134,3 +134,23 @@ def test_the_baselines_import_without_learn2learn_and_name_it_when_needed(monkey
         build_method(config, new_learner(config, tiny_splits["train"].image_shape))
     config = method_config("protonet", n_way=3, n_query=3, hidden_channels=2)
     assert build_method(config, new_learner(config, tiny_splits["train"].image_shape)) is not None
+
+
+def test_protonet_trains_on_wider_episodes_and_tests_on_n_way_ones(tiny_splits):
+    """train_way 4 with 1 query per class: 4-way training episodes (4 prototypes), validation and test 3-way."""
+    config = method_config("protonet", n_way=3, k_shot=2, n_query=3, train_way=4, train_query=1, hidden_channels=2)
+    method = build_method(config, new_learner(config, tiny_splits["train"].image_shape))
+    assert config.lr_schedule == "halving-over-run"
+    sampler = method.training_sampler(tiny_splits["train"], seed=0)
+    batch = sampler.sample(2)
+    assert batch.support_y.shape == (2, 8) and batch.query_y.shape == (2, 4) and int(batch.query_y.max()) == 3
+    loss, _ = method.training_loss(batch, torch.Generator())
+    expected = []
+    for b in range(2):
+        support, query = method.net.query_embedding(batch.support_x[b], batch.query_x[b], config.query_bn)
+        expected.append(F.cross_entropy(prototype_logits(support, batch.support_y[b], query, 4), batch.query_y[b]))
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
+    test_episode = EpisodeSampler(tiny_splits["test"], 3, 2, 3, seed=0).sample(2)
+    assert method.query_logits(test_episode, "support", torch.Generator()).shape == (2, 9, 3)
+    default = method_config("protonet", n_way=3, k_shot=2, n_query=3)  # by default the n_way episodes of the others
+    assert type(method).training_episodes(default) == (3, 2, 3)
