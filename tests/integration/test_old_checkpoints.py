@@ -20,7 +20,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints_2f1a7
 FEW_SHOT = {"meta-lstm_last.pt": "meta-lstm", "maml.pt": "maml", "metasgd.pt": "metasgd", "protonet.pt": "protonet",
             "finetune.pt": "finetune"}
 # Settings added since, whose defaults differ from what those runs did: an old checkpoint loads with the old meaning.
-OLD_MEANINGS = {"maml": {"inner_loss": "mean"}, "metasgd": {"inner_loss": "mean"}, "protonet": {"lr_schedule": "halving"}}
+OLD_MEANINGS = {"maml": {"inner_loss": "mean"}, "metasgd": {"inner_loss": "mean"}, "protonet": {"lr_schedule": "halving"},
+                "finetune": {"head_fit": "full-batch"}}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_l2l.methods import build_method, method_config, new_learner
-from fewshot_l2l.methods.finetune import HEAD_DAMPENING, HEAD_LR, HEAD_MOMENTUM, HEAD_WEIGHT_DECAY, fit_linear_heads
+from fewshot_l2l.methods.finetune import (HEAD_BATCH, HEAD_DAMPENING, HEAD_EPOCHS, HEAD_LR, HEAD_MOMENTUM,
+                                         HEAD_WEIGHT_DECAY, fit_linear_heads, support_orders)
 from fewshot_l2l.methods.network import ConvNet
 from fewshot_l2l.methods.protonet import prototype_logits
 from fewshot_l2l.data.episodes import Episode, EpisodeSampler
@@ -47,26 +48,58 @@ def test_prototype_logits_equal_a_naive_computation():
     assert torch.allclose(prototype_logits(support, labels, query, 3), expected, atol=1e-12)
 
 
-def test_linear_heads_fit_a_separable_toy_and_each_episode_follows_its_own_gradient():
+def toy_features(n_support_per_class=2):
+    """Two episodes of 3 well-separated classes in 4 dimensions, with a small random starting head."""
     g = torch.Generator().manual_seed(0)
     centres = 3 * torch.randn(2, 3, 4, generator=g)
-    labels = torch.tensor([[0, 1, 2, 0, 1, 2]] * 2)
-    features = centres.gather(1, labels[:, :, None].expand(2, 6, 4)) + 0.1 * torch.randn(2, 6, 4, generator=g)
-    init = (0.1 * torch.randn(2, 3, 4, generator=g), torch.zeros(2, 3))
-    weight, bias = fit_linear_heads(features, labels, 3, init=init)
+    labels = torch.tensor([[0, 1, 2] * n_support_per_class] * 2)
+    features = centres.gather(1, labels[:, :, None].expand(2, 3 * n_support_per_class, 4))
+    features = features + 0.1 * torch.randn(features.shape, generator=g)
+    return features, labels, (0.1 * torch.randn(2, 3, 4, generator=g), torch.zeros(2, 3))
+
+
+def reference_head(features, labels, init, batches):
+    """Chen et al.'s fit of one episode's head: a torch.nn.Linear and torch.optim.SGD, one step per index list."""
+    head = torch.nn.Linear(features.shape[1], 3)
+    with torch.no_grad():
+        head.weight.copy_(init[0]), head.bias.copy_(init[1])
+    sgd = torch.optim.SGD(head.parameters(), lr=HEAD_LR, momentum=HEAD_MOMENTUM, dampening=HEAD_DAMPENING,
+                          weight_decay=HEAD_WEIGHT_DECAY)
+    for index in batches:
+        sgd.zero_grad()
+        F.cross_entropy(head(features[index]), labels[index]).backward()
+        sgd.step()
+    return head
+
+
+def test_full_batch_linear_heads_fit_a_separable_toy_and_each_episode_follows_its_own_gradient():
+    features, labels, init = toy_features()
+    weight, bias = fit_linear_heads(features, labels, 3, "full-batch", init=init)
     logits = torch.baddbmm(bias[:, None, :], features, weight.transpose(1, 2))
     assert torch.equal(logits.argmax(2), labels)
-    for b in range(2):  # one torch.nn.Linear per episode, Chen et al.'s SGD, as a reference
-        head = torch.nn.Linear(4, 3)
-        with torch.no_grad():
-            head.weight.copy_(init[0][b]), head.bias.copy_(init[1][b])
-        sgd = torch.optim.SGD(head.parameters(), lr=HEAD_LR, momentum=HEAD_MOMENTUM, dampening=HEAD_DAMPENING,
-                              weight_decay=HEAD_WEIGHT_DECAY)
-        for _ in range(100):
-            sgd.zero_grad()
-            F.cross_entropy(head(features[b]), labels[b]).backward()
-            sgd.step()
+    for b in range(2):  # 100 steps on the whole support set
+        head = reference_head(features[b], labels[b], (init[0][b], init[1][b]), [torch.arange(6)] * HEAD_EPOCHS)
         assert torch.allclose(weight[b], head.weight, atol=1e-5) and torch.allclose(bias[b], head.bias, atol=1e-5)
+
+
+def test_mini_batch_linear_heads_equal_chen_et_als_loop_per_episode():
+    """10 support images per episode: each epoch in its own random order, mini-batches of 4, 4 and 2 (the last one
+    smaller, as their code's range(0, support_size, 4) gives), 300 steps in all, every episode its own order."""
+    features, labels, init = toy_features(n_support_per_class=5)
+    features, labels = features[:, :10], labels[:, :10]
+    orders = support_orders(2, 10, HEAD_EPOCHS, torch.Generator().manual_seed(5))
+    assert sorted(orders[7, 1].tolist()) == list(range(10)) and not torch.equal(orders[0, 0], orders[0, 1])
+    weight, bias = fit_linear_heads(features, labels, 3, "mini-batches", init=init, orders=orders)
+    for b in range(2):
+        batches = [orders[epoch, b, start:start + HEAD_BATCH] for epoch in range(HEAD_EPOCHS) for start in (0, 4, 8)]
+        assert [len(index) for index in batches[:3]] == [4, 4, 2]
+        head = reference_head(features[b], labels[b], (init[0][b], init[1][b]), batches)
+        assert torch.allclose(weight[b], head.weight, atol=1e-5) and torch.allclose(bias[b], head.bias, atol=1e-5)
+    # The default draws the orders from the generator after the starting head, the same each time for a seed.
+    again = [fit_linear_heads(features, labels, 3, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert torch.equal(again[0][0], again[1][0])
+    with pytest.raises(ValueError, match=r"head_fit must be one of \('mini-batches', 'full-batch'\), got 'sgd'"):
+        fit_linear_heads(features, labels, 3, "sgd")
 
 
 @pytest.mark.parametrize("method, inner_loss", [("maml", "sum-div-k"), ("maml", "mean"), ("fomaml", "sum-div-k"),
