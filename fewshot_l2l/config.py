@@ -36,7 +36,8 @@ class EpisodeSettings(Settings):
                                optional=True, resumable=True)
     rotate: str = setting("auto", Choice(ROTATE_CHOICES),
                           "splits whose classes get 90/180/270-degree rotated copies as extra classes (auto: the "
-                          "file's protocol, e.g. train only for alphabet-disjoint Omniglot)")
+                          "file's protocol, e.g. train only for alphabet-disjoint Omniglot; train+val: validation too, "
+                          "e.g. for 20-way on the minimal Omniglot build, whose validation has 17 characters)")
     n_way: int = setting(5, Int(2), "classes per episode")  # one class would make every episode 100% accurate
     k_shot: int = setting(1, Int(1), "support images per class")
     n_query: int = setting(15, Int(1), "query images per class")
