@@ -187,3 +187,27 @@ def test_protonet_trains_on_wider_episodes_and_tests_on_n_way_ones(tiny_splits):
     assert method.query_logits(test_episode, "support", torch.Generator()).shape == (2, 9, 3)
     default = method_config("protonet", n_way=3, k_shot=2, n_query=3)  # by default the n_way episodes of the others
     assert type(method).training_episodes(default) == (3, 2, 3)
+
+
+@pytest.mark.parametrize("method", ["maml", "fomaml", "metasgd", "protonet", "finetune"])
+def test_a_baseline_whose_query_logits_are_not_finite_is_refused_by_name(method, tiny_splits, monkeypatch):
+    """Finite weights, diverged adaptation: NaN logits would argmax to class 0 and read as chance accuracy. The MAML
+    family diverges by itself under an inner step of 1e30; the others get an embedding with an infinity in it."""
+    from fewshot_l2l.evaluation import evaluate
+
+    if method in ("maml", "fomaml", "metasgd"):
+        pytest.importorskip("learn2learn")
+    settings = {"inner_lr": 1e30} if method in ("maml", "fomaml") else {}
+    config = method_config(method, n_way=3, k_shot=1, n_query=2, hidden_channels=2, **settings)
+    built = build_method(config, new_learner(config, tiny_splits["train"].image_shape, tiny_splits["train"].n_classes))
+    if method == "metasgd":
+        with torch.no_grad():
+            for lr in built.wrapper.lrs:
+                lr.fill_(1e30)
+    elif method in ("protonet", "finetune"):
+        embedding = built.net.query_embedding
+        monkeypatch.setattr(built.net, "query_embedding",
+                            lambda *args: tuple(f * torch.tensor(float("inf")) for f in embedding(*args)))
+    with pytest.raises(ValueError, match=rf"evaluate: the {method} query logits are not finite on episodes 1-2 of split "
+                                         r"'test' \(seed 0\): the adaptation diverged"):
+        evaluate(built, tiny_splits["test"], n_episodes=2, seed=0, batch_size=2, progress=False)
