@@ -39,6 +39,8 @@ def test_an_old_few_shot_checkpoint_loads_and_evaluates(name, method, glyph_test
     assert (loaded.config.n_way, loaded.config.k_shot, loaded.config.hidden_channels) == (3, 1, 4)
     for setting, old_meaning in OLD_MEANINGS.get(method, {}).items():
         assert setting not in saved["config"] and getattr(loaded.config, setting) == old_meaning, setting
+    if method == "maml":  # stored, so the new default (the training steps) does not apply
+        assert saved["config"]["test_inner_steps"] == loaded.config.test_inner_steps == 3
     state_key = "meta_learner" if method == "meta-lstm" else "model"
     for key, value in loaded.method.model.state_dict().items():  # the stored weights, every one
         assert torch.equal(value, saved[state_key][key]), key

@@ -157,6 +157,15 @@ def test_the_authors_inner_step_is_n_times_that_of_the_mean_loss(tiny_splits):
     assert torch.allclose(adapted["mean"], adapted["sum-div-k"], atol=1e-12)
 
 
+def test_maml_is_tested_with_its_training_steps_and_fomaml_with_the_papers_three():
+    assert method_config("maml").test_inner_steps == 1 and method_config("maml", inner_steps=5).test_inner_steps == 5
+    assert method_config("fomaml").test_inner_steps == 3 and method_config("metasgd").test_inner_steps == 1
+    assert method_config("maml", test_inner_steps=3).test_inner_steps == 3  # the paper's, one setting away
+    assert (method_config("maml").inner_loss, method_config("metasgd").inner_loss) == ("mean", "mean")
+    with pytest.raises(ValueError, match=r"MAMLConfig: inner_loss must be one of \('mean', 'sum-div-k'\), got 'sum'"):
+        method_config("maml", inner_loss="sum")
+
+
 def test_the_baselines_import_without_learn2learn_and_name_it_when_needed(monkeypatch, tiny_splits):
     import sys
 
