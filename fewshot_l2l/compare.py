@@ -52,6 +52,7 @@ class ComparisonSpec:
     test_episodes: int = 600
     val_episodes: int = 200
     validations: int = 20  # every method validates at the same shares of its budget: every 5%
+    rotate: str = "auto"  # which splits get rotated classes (data.load_splits), e.g. train+val for 20-way on a minimal build
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
@@ -71,7 +72,8 @@ def shared_settings(spec: ComparisonSpec, out: Path) -> dict:
     """The training settings every method of ``spec`` gets, its run folder being ``out``."""
     return dict(dataset=spec.dataset, data=spec.data, n_way=spec.n_way, k_shot=spec.k_shot, episodes=TRAINING_EPISODES,
                 max_minutes=spec.minutes, val_episodes=spec.val_episodes, validations=spec.validations,
-                device=spec.device, seed=spec.seed, out=str(out), resume=spec.resume, force=spec.force)
+                rotate=spec.rotate, device=spec.device, seed=spec.seed, out=str(out), resume=spec.resume,
+                force=spec.force)
 
 
 def method_settings(assignments: list[str], methods: list[str]) -> dict[str, dict]:

@@ -19,7 +19,7 @@ from typing import ClassVar
 from .data import DATASETS, ROTATE_CHOICES
 from .devices import device_argument
 from .learner import BN_EPS, EVAL_QUERY_BN, QUERY_BN_MODES
-from .schedules import LR_SCHEDULES
+from .schedules import LR_HALVINGS, LR_SCHEDULES
 from .settings import SEED_MAX, Choice, Flag, Float, Int, Settings, Text, setting
 
 QUERY_BN_HELP = "batch: the query set's own statistics (transductive); support: the support set's"
@@ -36,7 +36,8 @@ class EpisodeSettings(Settings):
                                optional=True, resumable=True)
     rotate: str = setting("auto", Choice(ROTATE_CHOICES),
                           "splits whose classes get 90/180/270-degree rotated copies as extra classes (auto: the "
-                          "file's protocol, e.g. train only for alphabet-disjoint Omniglot)")
+                          "file's protocol, e.g. train only for alphabet-disjoint Omniglot; train+val: validation too, "
+                          "e.g. for 20-way on the minimal Omniglot build, whose validation has 17 characters)")
     n_way: int = setting(5, Int(2), "classes per episode")  # one class would make every episode 100% accurate
     k_shot: int = setting(1, Int(1), "support images per class")
     n_query: int = setting(15, Int(1), "query images per class")
@@ -65,7 +66,9 @@ class TrainingSettings(Settings):
     lr: float = setting(1e-3, Float(), "Adam's learning rate")
     lr_schedule: str = setting("constant", Choice(LR_SCHEDULES),
                                "cosine: anneal --lr to 0 over the run (progress: the larger of the shares of --episodes "
-                               "done and of --max-minutes spent); halving: halve it every 2,000 episodes")
+                               "done and of --max-minutes spent); halving: halve it every 2,000 episodes; "
+                               "halving-over-run: halve it --lr-halvings times, at equal shares of the run's progress")
+    lr_halvings: int = setting(LR_HALVINGS, Int(1), "halvings of --lr over the run under --lr-schedule halving-over-run")
     grad_clip: float | None = setting(None, Float(), "global gradient-norm clip (None: off)", optional=True)
     query_bn: str = setting("batch", Choice(QUERY_BN_MODES), f"query batch norm in training ({QUERY_BN_HELP})")
     val_query_bn: str = setting(EVAL_QUERY_BN, Choice(QUERY_BN_MODES),

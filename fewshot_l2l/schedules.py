@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import math
 
-LR_SCHEDULES = ("constant", "cosine", "halving")
-HALVING_EPISODES = 2000  # Snell et al. 2017 (Prototypical Networks): Adam's learning rate halved every 2,000 episodes
+LR_SCHEDULES = ("constant", "cosine", "halving", "halving-over-run")
+PROGRESS_SCHEDULES = ("cosine", "halving-over-run")  # those that read the run's progress (so its clock, under a time budget)
+# Snell et al. 2017 (Prototypical Networks), their code's StepLR(decay_every=20 epochs of 100 episodes, gamma=0.5):
+# Adam's learning rate halved every 2,000 episodes.
+HALVING_EPISODES = 2000
+# halving-over-run: how many times the rate is halved over a run. Snell et al.'s runs stop 200 epochs (2 x 10**4
+# episodes, 10 halvings) after their best validation epoch, so each of their runs halves it at least 10 times.
+LR_HALVINGS = 10
 
 
-def scheduled_lr(lr: float, schedule: str, progress: float, episodes_done: int = 0) -> float:
+def scheduled_lr(lr: float, schedule: str, progress: float, episodes_done: int = 0,
+                 halvings: int = LR_HALVINGS) -> float:
     """Adam's learning rate at ``progress`` (0 at the first meta-update, 1 at the end of the run), after
     ``episodes_done`` training episodes.
 
     ``constant``: ``lr``. ``cosine``: ``lr * (1 + cos(pi * progress)) / 2``, from ``lr`` towards 0 at the end
     (Loshchilov & Hutter, SGDR, 2017, without restarts); :func:`run_progress` says how far a run is.
-    ``halving``: ``lr / 2`` every :data:`HALVING_EPISODES` episodes (Snell et al.'s schedule).
+    ``halving``: ``lr / 2`` every :data:`HALVING_EPISODES` episodes (Snell et al.'s schedule, whatever the budget).
+    ``halving-over-run``: the same steps fitted to the budget: ``lr`` halved ``halvings`` times, at progress
+    ``1 / (halvings + 1)``, ``2 / (halvings + 1)``, ..., so that each rate lasts an equal share of the run.
     """
     if schedule == "constant":
         return lr
@@ -22,6 +31,8 @@ def scheduled_lr(lr: float, schedule: str, progress: float, episodes_done: int =
         return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     if schedule == "halving":
         return lr * 0.5 ** (episodes_done // HALVING_EPISODES)
+    if schedule == "halving-over-run":
+        return lr * 0.5 ** min(math.floor(progress * (halvings + 1)), halvings)
     raise ValueError(f"scheduled_lr: schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 

@@ -41,14 +41,14 @@ from .data import load_splits
 from .data.episodes import EpisodeSampler, FewShotSplit
 from .data.identity import check_dataset, dataset_identity
 from .evaluation import EvalResult, NonFiniteEvaluationError, evaluate
-from .methods import FewShotMethod, build_method, new_learner
+from .methods import FewShotMethod, build_method, method_class, new_learner
 from .methods.base import EVAL_BATCH_SIZE
 from .plots import plot_training_curves, require_matplotlib
 from .runs import distributed
 from .runs.folder import NonFiniteError, RunFolder, check_resume_config
 from .runs.loop import Interval, NonFiniteGuard, Schedule, Stopwatch, Trainee, meta_update, train_loop
 from .runs.process import StopSignals
-from .schedules import run_progress, scheduled_lr
+from .schedules import PROGRESS_SCHEDULES, run_progress, scheduled_lr
 
 # elapsed_s: the whole time since the start (validations included); train_s: the training time, which --max-minutes
 # counts; skipped_updates: meta-updates of the interval skipped for a non-finite meta-loss or meta-gradient.
@@ -56,15 +56,22 @@ METRICS_COLUMNS = ("update", "episodes", "train_loss", "train_acc", "val_acc", "
                    "train_s")
 
 
-def episode_sampler(split: FewShotSplit, config: FewShotConfig, seed: int) -> EpisodeSampler:
-    """The sampler of ``config``'s episodes on ``split``; a split too small for them is a ``ValueError`` naming it."""
+def episode_sampler(split: FewShotSplit, config: FewShotConfig, seed: int,
+                    episodes: tuple[int, int, int] | None = None) -> EpisodeSampler:
+    """The sampler of ``config``'s episodes on ``split`` (``episodes``: another ``(n_way, k_shot, n_query)``, e.g. the
+    method's training episodes); a split too small for them is a ``ValueError`` naming it."""
+    own = (config.n_way, config.k_shot, config.n_query)
+    n_way, k_shot, n_query = episodes or own
+    # Training episodes of their own (Prototypical Networks' --train-way / --train-query) are named as such.
+    own_options = (n_way, k_shot, n_query) == own
+    options = "--n-way, --k-shot or --n-query" if own_options else "--train-way, --k-shot or --train-query"
     try:
-        return EpisodeSampler(split, config.n_way, config.k_shot, config.n_query, seed=seed)
+        return EpisodeSampler(split, n_way, k_shot, n_query, seed=seed)
     except ValueError as error:
         raise ValueError(
             f"the {split.name} split of {config.data or config.dataset} ({split.n_classes} classes) cannot give "
-            f"{config.n_way}-way episodes of {config.k_shot} + {config.n_query} images per class ({error}): lower "
-            "--n-way, --k-shot or --n-query, or use a larger build of the dataset"
+            f"{n_way}-way episodes of {k_shot} + {n_query} images per class ({error}): lower {options}, or "
+            "use a larger build of the dataset"
         ) from error
 
 
@@ -127,7 +134,7 @@ class FewShotTrainee(Trainee):
         train_split, self.val_split = splits["train"].to(device), splits["val"].to(device)
         # Too small a split fails here, before any model is built (an n_way of 2**31 - 1 would allocate tens of GB
         # first) and before the first update, with a message naming it (train and val alike).
-        episode_sampler(train_split, config, config.seed)
+        episode_sampler(train_split, config, config.seed, method_class(config.method).training_episodes(config))
         episode_sampler(self.val_split, config, config.seed + 1)
         self.dataset = dataset_identity(config.dataset, config.data, splits)
         self.method: FewShotMethod = build_method(config, new_learner(config, train_split.image_shape,
@@ -168,7 +175,7 @@ class FewShotTrainee(Trainee):
         # Under a process group the gradients are averaged over the ranks; one process takes meta_update's plain path.
         model = self.method.model
         self.reduce = (lambda: distributed.average_gradients(model.parameters(), ctx)) if ctx.enabled else None
-        self.timed_schedule = config.lr_schedule == "cosine" and config.max_minutes is not None
+        self.timed_schedule = config.lr_schedule in PROGRESS_SCHEDULES and config.max_minutes is not None
 
     def _open_run(self, state: dict) -> dict | None:
         """Rank 0: start the run folder, or check and return the checkpoint to resume from."""
@@ -196,7 +203,7 @@ class FewShotTrainee(Trainee):
         train_s = distributed.max_over_ranks(clock.training_s, ctx) if self.timed_schedule else 0.0
         progress = run_progress(state["update"], self.schedule.n_steps, train_s, config.max_minutes)
         for group in self.optimizer.param_groups:
-            group["lr"] = scheduled_lr(config.lr, config.lr_schedule, progress, state["episodes"])
+            group["lr"] = scheduled_lr(config.lr, config.lr_schedule, progress, state["episodes"], config.lr_halvings)
         loss, accuracy = self.method.training_loss(batch, self.inner_generator)
         # Every rank gets the same averaged gradient, so the same skip decision.
         stepped = meta_update(self.method.model, self.optimizer, loss, config.grad_clip, reduce_gradients=self.reduce)

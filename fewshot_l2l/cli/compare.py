@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 
 from ..compare import ComparisonSpec, compare, format_settings, markdown_table, method_settings
-from ..data import DATASETS
+from ..data import DATASETS, ROTATE_CHOICES
 from ..devices import device_argument
 from ..methods import METHODS
 from .args import DEVICE_HELP, command, int_at_least, new_parser, positive_float, positive_int, seed_int
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS))
     parser.add_argument("--episodes", type=positive_int, default=600, help="test episodes (the same for every method)")
     parser.add_argument("--val-episodes", type=positive_int, default=200, help="episodes of each validation")
+    parser.add_argument("--rotate", default="auto", choices=ROTATE_CHOICES,
+                        help="splits whose classes get rotated copies, for every method (train+val: 20-way on the "
+                             "minimal Omniglot build, whose validation alphabet has 17 characters)")
     parser.add_argument("--validations", type=positive_int, default=20,
                         help="validations of each method, once per equal share of its training time (20: every 5%%)")
     parser.add_argument("--seed", type=seed_int, default=0)
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = args.dataset or ("omniglot" if args.data else "glyphs")
     spec = ComparisonSpec(dataset=dataset, data=args.data, n_way=args.n_way, k_shot=args.k_shot, minutes=args.minutes,
                           out=args.out, test_episodes=args.episodes, val_episodes=args.val_episodes,
-                          validations=args.validations, seed=args.seed,
+                          validations=args.validations, rotate=args.rotate, seed=args.seed,
                           device=args.device, resume=args.resume, force=args.force, settings=settings)
     on_result = (lambda r: print(json.dumps(asdict(r)), flush=True)) if args.json else None
     results = compare(args.methods, spec, on_result)

@@ -8,7 +8,10 @@ from .hdf5 import HDF5Splits
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
 FILE_DATASETS = ("omniglot", "miniimagenet")
-ROTATE_CHOICES = ("auto", "none", "train", "all")
+# "train+val" adds the rotated classes to validation as well, leaving the test split as the file's protocol has it when
+# that protocol rotates train alone (alphabet-disjoint Omniglot builds): the minimal build's one validation alphabet
+# (Tagalog, 17 characters) gives 68 classes, enough for 20-way validation, while its test split stays unrotated.
+ROTATE_CHOICES = ("auto", "none", "train", "train+val", "all")
 
 
 def load_splits(dataset: str, data: str | None = None, seed: int = 0, rotate: str = "auto") -> dict[str, FewShotSplit]:
@@ -24,7 +27,7 @@ def load_splits(dataset: str, data: str | None = None, seed: int = 0, rotate: st
             extra classes: ``"auto"`` (the protocol stored in the file: for
             Omniglot, the train split of an alphabet-disjoint partial build, all
             splits of the full Vinyals-style build; none for the others),
-            ``"none"``, ``"train"`` or ``"all"``.
+            ``"none"``, ``"train"``, ``"train+val"`` or ``"all"``.
     """
     if rotate not in ROTATE_CHOICES:
         raise ValueError(f"load_splits: rotate must be one of {', '.join(ROTATE_CHOICES)}, got {rotate!r}")
@@ -42,5 +45,6 @@ def load_splits(dataset: str, data: str | None = None, seed: int = 0, rotate: st
         source.close()
     else:
         raise ValueError(f"load_splits: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    rotated = {"auto": auto_rotated, "none": [], "train": ["train"], "all": list(splits)}[rotate]
+    rotated = {"auto": auto_rotated, "none": [], "train": ["train"], "train+val": ["train", "val"],
+               "all": list(splits)}[rotate]
     return {name: add_rotated_classes(split) if name in rotated else split for name, split in splits.items()}

@@ -70,10 +70,16 @@ class FewShotMethod(ABC):
         """Called once the model is on its device, before the optimizer is built: what only training needs
         (e.g. compiling a step)."""
 
+    @classmethod
+    def training_episodes(cls, config: FewShotConfig) -> tuple[int, int, int]:
+        """``(n_way, k_shot, n_query)`` of the training episodes: by default those of validation and test
+        (Prototypical Networks may train on wider ones); what the loop checks the train split can give."""
+        return config.n_way, config.k_shot, config.n_query
+
     def training_sampler(self, split: FewShotSplit, seed: int) -> Any:
         """The source of training batches on ``split``, seeded by ``seed``: anything with ``sample(n)`` and a
-        ``generator`` (whose state checkpoints carry); by default the episode sampler."""
-        return EpisodeSampler(split, self.config.n_way, self.config.k_shot, self.config.n_query, seed=seed)
+        ``generator`` (whose state checkpoints carry); by default the sampler of :meth:`training_episodes`."""
+        return EpisodeSampler(split, *self.training_episodes(self.config), seed=seed)
 
     @abstractmethod
     def training_loss(self, batch: Any, generator: torch.Generator) -> tuple[Tensor, Tensor]:

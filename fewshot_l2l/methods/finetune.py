@@ -1,8 +1,11 @@
 """Fine-tuning, the "Baseline" of Chen, Liu, Kira, Wang & Huang, "A Closer Look at Few-shot Classification",
 ICLR 2019: the CNN pre-trained as a classifier of all training classes (Adam 1e-3, mini-batches of 16 images), then
-a fresh linear head fitted on each episode's support features (SGD lr 0.01, momentum 0.9, dampening 0.9, weight
-decay 1e-3, 100 steps; the paper's mini-batches of 4 replaced by the whole support set, ours) with the backbone
-frozen. Its ``episodes`` budget counts pre-training mini-batches."""
+a fresh linear head fitted on each episode's support features with the backbone frozen, as their code fits it
+(wyharveychen/CloserLookFewShot, ``methods/baselinefinetune.py: set_forward_adaptation``): SGD lr 0.01, momentum
+0.9, dampening 0.9, weight decay 1e-3, 100 epochs, each a random order of the support images in mini-batches of 4
+(the last one smaller), the mean cross-entropy of each (``head_fit="mini-batches"``). ``head_fit="full-batch"``:
+100 steps on the whole support set instead (this package's earlier default). Its ``episodes`` budget counts
+pre-training mini-batches."""
 
 from __future__ import annotations
 
@@ -17,12 +20,32 @@ from torch import Tensor, nn
 from ..config import FewShotConfig, TrainingSettings
 from ..data.episodes import Episode, FewShotSplit
 from ..learner import ConvLearner, LearnerConfig
-from ..settings import default_of
+from ..settings import Choice, Settings, default_of, setting
 from .base import FewShotMethod
 from .network import ConvNet
 
+# How the new head is fitted on the support features: Chen et al.'s code, or full-batch steps (the earlier default).
+HEAD_FITS = ("mini-batches", "full-batch")
+
+
 @dataclass
-class FineTuneConfig(FewShotConfig):
+class HeadSettings(Settings):
+    """The linear head fitted on each episode's support set."""
+
+    TITLE: ClassVar[str] = "new head"
+    head_fit: str = setting("mini-batches", Choice(HEAD_FITS),
+                            "mini-batches: 100 epochs of random mini-batches of 4 support images (Chen et al.'s code); "
+                            "full-batch: 100 steps on the whole support set")
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        values = dict(values)
+        values.setdefault("head_fit", "full-batch")  # checkpoints from before the field fitted full-batch heads
+        return super().from_dict(values)
+
+
+@dataclass
+class FineTuneConfig(HeadSettings, FewShotConfig):
     """All settings of a fine-tuning run (Chen et al.'s by default; ``meta_batch``: images per mini-batch)."""
 
     METHODS: ClassVar[tuple[str, ...]] = ("finetune",)
@@ -30,21 +53,33 @@ class FineTuneConfig(FewShotConfig):
     meta_batch: int = default_of(TrainingSettings, "meta_batch", 16)
 
 
-# Chen et al. 2019, the new classifier: SGD, lr 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3, 100 steps.
-HEAD_LR, HEAD_MOMENTUM, HEAD_DAMPENING, HEAD_WEIGHT_DECAY, HEAD_STEPS = 0.01, 0.9, 0.9, 1e-3, 100
+# Chen et al. 2019, the new classifier (methods/baselinefinetune.py): SGD, lr 0.01, momentum 0.9, dampening 0.9,
+# weight decay 1e-3; 100 epochs of mini-batches of 4 support images (full-batch: 100 steps).
+HEAD_LR, HEAD_MOMENTUM, HEAD_DAMPENING, HEAD_WEIGHT_DECAY, HEAD_EPOCHS, HEAD_BATCH = 0.01, 0.9, 0.9, 1e-3, 100, 4
 
 
-def fit_linear_heads(features: Tensor, labels: Tensor, n_way: int, steps: int = HEAD_STEPS,
-                     generator: torch.Generator | None = None,
-                     init: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def support_orders(n_episodes: int, n_support: int, epochs: int, generator: torch.Generator | None = None) -> Tensor:
+    """``[epochs, n_episodes, n_support]``: each epoch's random order of every episode's support images (Chen et
+    al.'s ``np.random.permutation`` per epoch), drawn from ``generator`` on the CPU."""
+    return torch.rand(epochs, n_episodes, n_support, generator=generator).argsort(dim=2)
+
+
+def fit_linear_heads(features: Tensor, labels: Tensor, n_way: int, head_fit: str = "mini-batches",
+                     generator: torch.Generator | None = None, init: tuple[Tensor, Tensor] | None = None,
+                     orders: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Linear heads ``(weight [B, n_way, D], bias [B, n_way])`` fitted to support ``features`` ``[B, N, D]`` with
     ``labels`` ``[B, N]`` by Chen et al.'s SGD, every episode at once.
 
-    Each head starts as ``nn.Linear``'s default initialization (U(-1/sqrt(D), 1/sqrt(D)), from ``generator``);
-    the loss is the sum over episodes of each one's mean cross-entropy, so every head follows its own gradient.
-    ``init`` gives the starting ``(weight, bias)`` instead.
+    ``head_fit="mini-batches"``: :data:`HEAD_EPOCHS` epochs, each going through the support set in the episode's
+    order of that epoch (``orders`` ``[epochs, B, N]``, by default :func:`support_orders` from ``generator``) in
+    mini-batches of :data:`HEAD_BATCH` (the last one smaller), one step each; ``"full-batch"``: :data:`HEAD_EPOCHS`
+    steps on the whole support set. Each head starts as ``nn.Linear``'s default initialization (U(-1/sqrt(D),
+    1/sqrt(D)), from ``generator``; ``init`` gives the starting ``(weight, bias)`` instead); each step's loss is the
+    sum over episodes of each one's mean cross-entropy over its mini-batch, so every head follows its own gradient.
     """
-    batch, _, dim = features.shape
+    if head_fit not in HEAD_FITS:
+        raise ValueError(f"fit_linear_heads: head_fit must be one of {HEAD_FITS}, got {head_fit!r}")
+    batch, n_support, dim = features.shape
     if init is None:
         bound = 1 / math.sqrt(dim)
         init = (torch.empty(batch, n_way, dim).uniform_(-bound, bound, generator=generator),
@@ -52,13 +87,23 @@ def fit_linear_heads(features: Tensor, labels: Tensor, n_way: int, steps: int = 
     weight, bias = (t.detach().clone().to(features).requires_grad_() for t in init)
     optimizer = torch.optim.SGD([weight, bias], lr=HEAD_LR, momentum=HEAD_MOMENTUM, dampening=HEAD_DAMPENING,
                                 weight_decay=HEAD_WEIGHT_DECAY)
-    features = features.detach()
+    features, labels = features.detach(), labels.to(features.device)
+    if head_fit == "full-batch":
+        orders = torch.arange(n_support).expand(HEAD_EPOCHS, batch, n_support)  # one step of the whole set per epoch
+        size = n_support
+    else:
+        orders = support_orders(batch, n_support, HEAD_EPOCHS, generator) if orders is None else orders
+        size = HEAD_BATCH
+    episode = torch.arange(batch, device=features.device)[:, None]
     with torch.enable_grad():
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            logits = torch.baddbmm(bias[:, None, :], features, weight.transpose(1, 2))
-            F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").div(labels.shape[1]).backward()
-            optimizer.step()
+        for order in orders.to(features.device):  # an epoch: the support set in that order, [B, N]
+            x, y = features[episode, order], labels[episode, order]
+            for start in range(0, n_support, size):
+                optimizer.zero_grad(set_to_none=True)
+                logits = torch.baddbmm(bias[:, None, :], x[:, start:start + size], weight.transpose(1, 2))
+                part = y[:, start:start + size]
+                F.cross_entropy(logits.flatten(0, 1), part.flatten(), reduction="sum").div(part.shape[1]).backward()
+                optimizer.step()
     return weight.detach(), bias.detach()
 
 
@@ -114,5 +159,6 @@ class FineTune(FewShotMethod):
         pairs = [self.net.query_embedding(episode.support_x[b], episode.query_x[b], query_bn)
                  for b in range(episode.n_episodes)]
         support, query = (torch.stack(parts) for parts in zip(*pairs))
-        weight, bias = fit_linear_heads(support, episode.support_y, self.config.n_way, generator=generator)
+        weight, bias = fit_linear_heads(support, episode.support_y, self.config.n_way, self.config.head_fit,
+                                        generator=generator)
         return torch.baddbmm(bias[:, None, :], query, weight.transpose(1, 2))

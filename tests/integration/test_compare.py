@@ -117,7 +117,7 @@ def test_baseline_settings_reach_their_run_and_result(tmp_path, tiny_h5):
 
 def test_every_setting_a_comparison_shares_is_refused_as_a_meta_lstm_setting(tmp_path):
     spec = ComparisonSpec(dataset="glyphs", data=None, n_way=5, k_shot=1, minutes=1.0, out=str(tmp_path))
-    assert set(shared_settings(spec, tmp_path)) | {"n_query", "rotate", "val_every"} == set(COMPARISON_FIELDS)
+    assert set(shared_settings(spec, tmp_path)) | {"n_query", "val_every"} == set(COMPARISON_FIELDS)
 
 
 def test_setting_values_are_read_as_the_command_line_reads_them():

@@ -33,6 +33,7 @@ from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
 from fewshot_l2l.runs import distributed
 from fewshot_l2l.runs.loop import meta_update
 from fewshot_l2l.runs.process import FolderLock
+from fewshot_l2l.schedules import run_progress, scheduled_lr
 from fewshot_l2l.training import meta_train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +167,10 @@ def replay_method(config, splits, n_updates: int, world: int):
     optimizer = torch.optim.Adam(method.model.parameters(), lr=config.lr)
     samplers = [method.training_sampler(splits["train"], distributed.rank_seed(config.seed, rank)) for rank in range(world)]
     inner = torch.Generator().manual_seed(config.seed)
-    for _ in range(n_updates):
+    for update in range(n_updates):  # Adam's rate as the loop schedules it (protonet: halving over the run)
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(config.lr, config.lr_schedule, run_progress(update, n_updates),
+                                       update * method.episodes_per_update(config), config.lr_halvings)
         shares = [sampler.sample(config.meta_batch // world) for sampler in samplers]
         loss = torch.stack([method.training_loss(share, inner)[0] for share in shares]).mean()
         meta_update(method.model, optimizer, loss, config.grad_clip)

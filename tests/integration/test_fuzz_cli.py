@@ -226,7 +226,7 @@ TRAIN = {
     "--val-every": v(["1", "3"], BAD_INT),
     "--val-episodes": v(["1", "2"], BAD_INT),
     "--seed": v(["0", "4294967295"], BAD_SEED),
-    "--rotate": v(["none", "all"], ["sideways", ""]),
+    "--rotate": v(["none", "train+val", "all"], ["sideways", "", "val"]),
     "--query-bn": v(["support"], ["running"]),
     "--dataset": v(["glyphs"], ["omniglot", "imagenet"]),
     "--data": v([], ["{tmp}/missing.h5", "{tmp}/folder", "{tmp}/garbage.pt"]),

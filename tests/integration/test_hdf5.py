@@ -116,6 +116,9 @@ def test_load_splits_reads_files_and_applies_the_rotation_protocol(tmp_path, spl
     assert auto["train"].n_classes == 24 and auto["val"].n_classes == 3 and auto["test"].n_classes == 5
     assert load_splits("omniglot", str(path), rotate="none")["train"].n_classes == 6
     assert load_splits("omniglot", str(path), rotate="all")["test"].n_classes == 20
+    both = load_splits("omniglot", str(path), rotate="train+val")  # validation rotated as training, test as stored
+    assert (both["train"].n_classes, both["val"].n_classes, both["test"].n_classes) == (24, 12, 5)
+    assert both["val"].class_names[3:6] == [f"{name}@rot90" for name in splits["val"].class_names]
     with pytest.raises(ValueError, match="holds dataset 'omniglot', not 'miniimagenet'"):
         load_splits("miniimagenet", str(path))
     with pytest.raises(ValueError, match="needs --data FILE.h5"):

@@ -54,3 +54,29 @@ def test_a_baseline_refuses_options_it_does_not_have(tiny_glyph_dataset, tmp_pat
     assert refused.status == 2 and "unrecognized arguments: --inner-lr 0.1" in refused.err
     meta_lstm_only = run_cli("train", "--method", "maml", "--hidden-size", "3", "--out", tmp_path / "run")
     assert meta_lstm_only.status == 2 and "--hidden-size" in meta_lstm_only.err
+
+
+def test_wider_episodes_than_the_validation_alphabet_train_and_validate_with_rotated_validation_classes(tmp_path):
+    """20-way on the minimal Omniglot build in miniature: 8 alphabets of 3 characters, alphabet-disjoint, validation one
+    alphabet (3 characters): 5-way validation is refused before training under the file's protocol; with --rotate
+    train+val its 12 rotated classes validate 5-way, and the test split stays as the file has it (unrotated)."""
+    pytest.importorskip("h5py")
+    from cli_helpers import make_omniglot_zip
+
+    from fewshot_l2l.checkpoints import checkpoint_splits, load_checkpoint
+
+    source = make_omniglot_zip(tmp_path / "bg.zip", size=16, alphabets=8, characters=3, drawings=8)
+    built = run_cli("prepare_data", "omniglot", "--source", source, "--out", tmp_path / "tiny.h5", "--image-size", "16",
+                    "--no-progress")
+    assert built.status == 0, built.err
+    five_way = ["--dataset", "omniglot", "--data", tmp_path / "tiny.h5", "--method", "protonet", "--n-way", "5",
+                "--k-shot", "1", "--n-query", "2", "--episodes", "2", "--hidden-channels", "2", "--val-every", "2",
+                "--val-episodes", "2", "--device", "cpu"]
+    refused = run_cli("train", *five_way, "--out", tmp_path / "auto")
+    assert refused.status == 1 and "the val split of" in refused.err and "(3 classes) cannot give 5-way" in refused.err
+    trained = run_cli("train", *five_way, "--rotate", "train+val", "--out", tmp_path / "rotated")
+    assert trained.status == 0, trained.err
+    loaded = load_checkpoint(tmp_path / "rotated" / "best.pt")
+    splits = checkpoint_splits(tmp_path / "rotated" / "best.pt", loaded)
+    assert loaded.config.rotate == "train+val" and splits["val"].n_classes == 12
+    assert splits["test"].n_classes == len({name.split("@")[0] for name in splits["test"].class_names}) >= 5

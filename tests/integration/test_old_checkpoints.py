@@ -19,6 +19,9 @@ from fewshot_l2l.training import meta_train
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints_2f1a744"
 FEW_SHOT = {"meta-lstm_last.pt": "meta-lstm", "maml.pt": "maml", "metasgd.pt": "metasgd", "protonet.pt": "protonet",
             "finetune.pt": "finetune"}
+# Settings added since, whose defaults differ from what those runs did: an old checkpoint loads with the old meaning.
+OLD_MEANINGS = {"maml": {"inner_loss": "mean"}, "metasgd": {"inner_loss": "mean"}, "protonet": {"lr_schedule": "halving"},
+                "finetune": {"head_fit": "full-batch"}}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,10 @@ def test_an_old_few_shot_checkpoint_loads_and_evaluates(name, method, glyph_test
     loaded = load_checkpoint(FIXTURES / name)
     assert loaded.config.method == method and type(loaded.config).__name__ != "BaselineConfig"
     assert (loaded.config.n_way, loaded.config.k_shot, loaded.config.hidden_channels) == (3, 1, 4)
+    for setting, old_meaning in OLD_MEANINGS.get(method, {}).items():
+        assert setting not in saved["config"] and getattr(loaded.config, setting) == old_meaning, setting
+    if method == "maml":  # stored, so the new default (the training steps) does not apply
+        assert saved["config"]["test_inner_steps"] == loaded.config.test_inner_steps == 3
     state_key = "meta_learner" if method == "meta-lstm" else "model"
     for key, value in loaded.method.model.state_dict().items():  # the stored weights, every one
         assert torch.equal(value, saved[state_key][key]), key

@@ -18,6 +18,7 @@ import fewshot_l2l.training as training
 from fewshot_l2l.data.glyphs import make_glyph_splits
 from fewshot_l2l.optim.comparison import BaselineResult, Comparison
 from fewshot_l2l.checkpoints import checkpoint_splits, load_checkpoint
+from fewshot_l2l.methods import method_config
 from fewshot_l2l.methods.meta_lstm import MetaLSTMConfig
 from fewshot_l2l.optim.rule_config import OptimizerTrainConfig
 from fewshot_l2l.optim.rule_training import train_optimizer
@@ -91,6 +92,12 @@ def test_a_split_too_small_for_the_episodes_fails_before_the_first_update(tiny_d
     with pytest.raises(ValueError, match=r"the train split of glyphs \(20 classes\) cannot give 3-way episodes of 1 \+ 6 "
                                          r"images per class \(.*k_shot \+ n_query = 7"):
         meta_train(MetaLSTMConfig(**{**TINY, "n_query": 6, "out": str(tmp_path / "run")}), progress=False)
+    # Prototypical Networks' wider training episodes are checked on the train split, and named as such.
+    protonet = method_config("protonet", n_way=3, k_shot=1, n_query=2, train_way=30, hidden_channels=4, device="cpu",
+                             out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"the train split of glyphs \(20 classes\) cannot give 30-way episodes of 1 \+ 2 "
+                                         r"images per class \(.*\): lower --train-way, --k-shot or --train-query"):
+        meta_train(protonet, progress=False)
     assert calls == [] and list(tmp_path.iterdir()) == []  # no update, and no empty run folder left
 
 

@@ -170,6 +170,17 @@ def test_cosine_schedule_values():
         MetaLSTMConfig(lr_schedule="step")
 
 
+def test_halving_schedules_values():
+    # Snell et al.'s: halved every 2,000 episodes, whatever the run's length.
+    assert [scheduled_lr(1e-3, "halving", 0.99, episodes) for episodes in (0, 1999, 2000, 40000)] == \
+        pytest.approx([1e-3, 1e-3, 5e-4, 1e-3 / 2**20])
+    # Fitted to the run: 3 halvings at progress 1/4, 2/4, 3/4, the rate of the last quarter kept to the end and past it.
+    rates = [scheduled_lr(1e-3, "halving-over-run", p, 10**9, halvings=3) for p in (0, 0.249, 0.25, 0.5, 0.749, 0.75,
+                                                                                       1.0, 1.3)]
+    assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4, 1.25e-4])
+    assert scheduled_lr(1e-3, "halving-over-run", 0.999) == pytest.approx(1e-3 / 2**10)  # 10 halvings by default
+
+
 def test_run_progress_is_the_larger_of_updates_and_time_spent():
     assert run_progress(5, 10) == 0.5
     assert run_progress(5, 10, elapsed_s=1e6) == 0.5  # no budget: the clock does not count
@@ -215,6 +226,11 @@ def test_cosine_schedule_follows_a_time_budget(tiny_data, tmp_path, monkeypatch)
     # A constant rate ignores the clock.
     summary = meta_train(tiny_config(tmp_path / "c", max_minutes=5.0), progress=False)
     assert torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    # Halving over the run reads it as cosine does: at 90% of the budget, after 3 of 3 halvings (the last at 75%).
+    monkeypatch.setattr(_ClockAt, "share", 0.9)
+    summary = meta_train(tiny_config(tmp_path / "d", lr_schedule="halving-over-run", lr_halvings=3, max_minutes=5.0),
+                         progress=False)
+    assert torch.load(summary["last"], weights_only=False)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1.25e-4)
 
 
 def test_cosine_schedule_sets_adams_lr_and_resumes_on_it(tiny_data, tmp_path):
